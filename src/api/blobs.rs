@@ -1,0 +1,97 @@
+//! `GET|HEAD /v2/<name>/blobs/<digest>`. A hit streams the committed file (with `Range`); a
+//! miss joins or starts the single fill for the digest and streams it as it is written. HEAD on
+//! a miss asks upstream with HEAD and starts no fill.
+
+use std::sync::Arc;
+
+use http::header::{ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG};
+use http::{HeaderValue, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::{CacheStatus, RequestInfo};
+use crate::error::{Error, Result};
+use crate::fill::{read_file, Source};
+use crate::http::body::{self, Body};
+use crate::http::range::{decide, RangeDecision};
+use crate::oci::{Digest, RepoName};
+use crate::state::AppState;
+use crate::upstream::Upstream;
+
+type Chunks = mpsc::Receiver<std::io::Result<bytes::Bytes>>;
+
+/// Answer a blob request.
+pub async fn get(state: &AppState, req: &RequestInfo, up: Arc<Upstream>, repo: RepoName, digest: Digest) -> Result<Response<Body>> {
+    let lookup = |result: &str| state.metrics.cache_lookups.with_label_values(&["blob", up.name(), result]).inc();
+    if let Some(resp) = serve_committed(state, req, &digest)? {
+        lookup("hit");
+        return Ok(resp);
+    }
+    if req.is_head {
+        lookup("miss");
+        let size = up.head_blob(&repo, &digest).await.map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
+        let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
+        return respond(&digest, size, req, "miss", |_, _| unreachable_reader());
+    }
+    match state.fills.start_or_join(up.clone(), repo, &digest)? {
+        Source::Committed => {
+            lookup("hit");
+            serve_committed(state, req, &digest)?.ok_or_else(|| Error::BlobUnknown(digest.to_string()))
+        }
+        Source::Fill { fill, joined } => {
+            let cache = if joined { "coalesced" } else { "miss" };
+            lookup(cache);
+            let size = fill.wait_started().await?;
+            respond(&digest, size, req, cache, |start, len| fill.read(start, len))
+        }
+    }
+}
+
+fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Result<Option<Response<Body>>> {
+    let Some((file, size)) = state.blobs.open_blob(digest)? else { return Ok(None) };
+    let file = Arc::new(file);
+    respond(digest, Some(size), req, "hit", |start, len| read_file(file, start, len, None)).map(Some)
+}
+
+/// HEAD never reads, so its reader is never called; an empty channel keeps the types simple.
+fn unreachable_reader() -> Chunks {
+    mpsc::channel(1).1
+}
+
+/// Build the 200/206 response (or the 416 error) for a blob of `size` bytes (unknown: the
+/// upstream sent no length; then Range is ignored and the body is sent chunked).
+fn respond(
+    digest: &Digest,
+    size: Option<u64>,
+    req: &RequestInfo,
+    cache: &'static str,
+    read: impl FnOnce(u64, Option<u64>) -> Chunks,
+) -> Result<Response<Body>> {
+    let (status, start, len) = match size {
+        None => (StatusCode::OK, 0, None),
+        Some(size) => match decide(req.range.as_deref(), size) {
+            RangeDecision::Full => (StatusCode::OK, 0, Some(size)),
+            RangeDecision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, Some(end - start + 1)),
+            RangeDecision::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size }),
+        },
+    };
+    let body = if req.is_head { body::empty() } else { body::channel(read(start, len), len) };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    // Spec ambiguity on 206: keep the full blob's digest, as distribution and spegel do.
+    let d = HeaderValue::from_str(&digest.to_string()).expect("digests are valid header text");
+    h.insert(ETAG, HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are valid header text"));
+    h.insert("docker-content-digest", d);
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    if let Some(len) = len {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let (StatusCode::PARTIAL_CONTENT, Some(size), Some(len)) = (status, size, len) {
+        let v = format!("bytes {start}-{}/{size}", start + len - 1);
+        h.insert(CONTENT_RANGE, HeaderValue::from_str(&v).expect("digits are valid header text"));
+    }
+    resp.extensions_mut().insert(CacheStatus(cache));
+    Ok(resp)
+}

@@ -1,0 +1,378 @@
+//! `config.toml`: the serde structs with their defaults, `BERTH_SECTION__KEY` environment
+//! overrides, and `validate()`, which reports every problem at once. No network I/O here; the
+//! only file access is reading the config itself and checking that secret files are readable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration. Immutable once loaded; shared as `Arc<Config>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The on-disk store.
+    pub storage: StorageConfig,
+    /// Freshness policy.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The closed set of upstream registries, keyed by a stable name (used in metrics and paths).
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address for the registry API and `/livez`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Accepted connections beyond this wait until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// On SIGTERM: report not-ready for this long before closing the listener.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Then wait at most this long for open requests to finish.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::from_secs(0),
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address for `GET /metrics` (Prometheus text). Unset: no metrics listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error|warn|info|debug|trace`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Auto }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root of the store (blobs, tags, temp files).
+    pub path: PathBuf,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long a tag's digest is trusted without asking upstream.
+    #[serde(deserialize_with = "duration")]
+    pub manifest_ttl: Duration,
+    /// How long past `manifest_ttl` a tag is still served when the upstream fails.
+    #[serde(deserialize_with = "duration")]
+    pub stale_if_error: Duration,
+    /// How long an upstream 404 for a tag is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub negative_ttl: Duration,
+    /// Bytes of manifests kept in memory for the by-tag hot path.
+    pub memory_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            manifest_ttl: Duration::from_secs(600),
+            stale_if_error: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(30),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `[upstreams.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, `https://host[:port]` (or `http://` for a registry on a trusted network).
+    #[serde(deserialize_with = "uri")]
+    pub url: Uri,
+    /// Registry host names that select this upstream, as `?ns=` values and path prefixes.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Requests that name no upstream go here. Exactly one upstream has it.
+    #[serde(default)]
+    pub default: bool,
+    /// Username for Basic auth or for the token service.
+    pub username: Option<String>,
+    /// File holding the password or token (Kubernetes secret mount, systemd credential).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Extra PEM CA bundle trusted for this upstream, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Per-upstream override of `[cache] manifest_ttl`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub manifest_ttl: Option<Duration>,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time to wait for response headers after sending a request.
+    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A password or token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl UpstreamConfig {
+    /// Read the configured password (file or environment), if any.
+    pub fn load_password(&self) -> Result<Option<Secret>, String> {
+        if let Some(path) = &self.password_file {
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+            return Ok(Some(Secret(raw.trim_end_matches(['\r', '\n']).to_string())));
+        }
+        if let Some(var) = &self.password_env {
+            let raw = std::env::var(var).map_err(|_| format!("password_env {var} is not set"))?;
+            return Ok(Some(Secret(raw)));
+        }
+        Ok(None)
+    }
+
+    /// This upstream's `manifest_ttl`, falling back to the global one.
+    pub fn manifest_ttl(&self, cache: &CacheConfig) -> Duration {
+        self.manifest_ttl.unwrap_or(cache.manifest_ttl)
+    }
+}
+
+/// How serious a config problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Refuses to start.
+    Error,
+    /// Starts, but the operator should look.
+    Warning,
+}
+
+/// One finding of `validate()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong and where.
+    pub message: String,
+}
+
+/// Reading or parsing the config failed before validation could run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a bad value.
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl Config {
+    /// Parse TOML text (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Config, LoadError> {
+        toml::from_str(text).map_err(|e| LoadError::Parse(e.to_string()))
+    }
+
+    /// Read `path`, apply `BERTH_SECTION__KEY=value` overrides from `env`, and parse.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))?;
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("BERTH_") else { continue };
+            if rest == "CONFIG" || !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut doc, &path, parse_env_value(&value)).map_err(LoadError::Parse)?;
+        }
+        doc.try_into().map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))
+    }
+
+    /// Every problem in the config, errors and warnings, in a stable order.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut err = |m: String| out.push(Problem { severity: Severity::Error, message: m });
+        if self.upstreams.is_empty() {
+            err("no [upstreams.<name>] table: at least one upstream is required".into());
+        }
+        let defaults: Vec<&str> =
+            self.upstreams.iter().filter(|(_, u)| u.default).map(|(n, _)| n.as_str()).collect();
+        if !self.upstreams.is_empty() && defaults.len() != 1 {
+            err(format!("exactly one upstream must have default = true, found {}: {defaults:?}", defaults.len()));
+        }
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for (name, up) in &self.upstreams {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                err(format!("upstream name {name:?}: use letters, digits, '-' and '_' only"));
+            }
+            match (up.url.scheme_str(), up.url.authority()) {
+                (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
+                _ => err(format!("upstreams.{name}.url {:?}: must be http(s)://host[:port] without credentials", up.url.to_string())),
+            }
+            if !matches!(up.url.path(), "" | "/") || up.url.query().is_some() {
+                err(format!("upstreams.{name}.url: must not have a path or query"));
+            }
+            for alias in &up.aliases {
+                let a = alias.to_ascii_lowercase();
+                if a.is_empty() || a.contains('/') || a.contains(char::is_whitespace) {
+                    err(format!("upstreams.{name}.aliases: {alias:?} is not a registry host name"));
+                    continue;
+                }
+                if let Some(other) = seen.insert(a.clone(), name) {
+                    err(format!("alias {alias:?} is used by both upstreams.{other} and upstreams.{name}"));
+                }
+                if !a.contains('.') && !a.contains(':') && a != "localhost" {
+                    warnings.push(format!(
+                        "upstreams.{name}.aliases: {alias:?} has no dot; as a path prefix it can collide with a Docker Hub organisation"
+                    ));
+                }
+            }
+            if up.password_file.is_some() && up.password_env.is_some() {
+                err(format!("upstreams.{name}: set password_file or password_env, not both"));
+            }
+            let has_password = up.password_file.is_some() || up.password_env.is_some();
+            if up.username.is_some() != has_password {
+                err(format!("upstreams.{name}: username and a password (password_file or password_env) go together"));
+            }
+            if let Err(e) = up.load_password() {
+                err(format!("upstreams.{name}: {e}"));
+            }
+            if let Some(ca) = &up.ca_file {
+                if let Err(e) = std::fs::metadata(ca) {
+                    err(format!("upstreams.{name}.ca_file {}: {e}", ca.display()));
+                }
+            }
+            if up.timeout.is_zero() || up.connect_timeout.is_zero() {
+                err(format!("upstreams.{name}: timeouts must be greater than zero"));
+            }
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            err("storage.path is empty".into());
+        }
+        if self.server.max_connections == 0 {
+            err("server.max_connections must be at least 1".into());
+        }
+        out.extend(warnings.into_iter().map(|m| Problem { severity: Severity::Warning, message: m }));
+        out
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // A TOML literal (number, bool, array, quoted string) when it parses as one, else a string.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(doc: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty override")?;
+    let mut table = doc;
+    for p in parents {
+        table = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("BERTH override: {p} is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Parse `"30s"`, `"10m"`, `"24h"` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<Uri>().map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+use super::*;
+
+const BASE: &str = r#"
+[storage]
+path = "/tmp/berth"
+[upstreams.hub]
+url = "https://registry-1.docker.io"
+aliases = ["docker.io"]
+default = true
+"#;
+
+fn errors(c: &Config) -> Vec<String> {
+    c.validate().into_iter().filter(|p| p.severity == Severity::Error).map(|p| p.message).collect()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml_str(BASE).unwrap();
+    assert_eq!(c.cache.manifest_ttl, Duration::from_secs(600));
+    assert_eq!(c.server.listen.port(), 5000);
+    assert!(errors(&c).is_empty(), "{:?}", errors(&c));
+}
+
+#[test]
+fn config_is_refused_when_it_has_problems() {
+    let cases: &[(&str, &str)] = &[
+        ("[bogus]\nx = 1\n", "unknown field"),
+        ("[cache]\nmanifest_ttl = \"ten\"\n", "invalid duration"),
+        ("[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"ghcr.io\"]\ndefault = true\n", "exactly one upstream"),
+        ("[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"docker.io\"]\n", "used by both"),
+        ("[upstreams.x]\nurl = \"ftp://x.io\"\n", "must be http(s)"),
+        ("[upstreams.x]\nurl = \"https://x.io/v2\"\n", "must not have a path"),
+        ("[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\n", "go together"),
+        ("[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n", "cannot read password_file"),
+        ("[upstreams.x]\nurl = \"https://x.io\"\nfoo = 1\n", "unknown field"),
+    ];
+    for (extra, want) in cases {
+        let text = format!("{BASE}{extra}");
+        let msg = match Config::from_toml_str(&text) {
+            Err(e) => e.to_string(),
+            Ok(c) => errors(&c).join("; "),
+        };
+        assert!(msg.contains(want), "config {extra:?}: want {want:?} in {msg:?}");
+    }
+}
+
+#[test]
+fn alias_without_a_dot_is_a_warning() {
+    let c = Config::from_toml_str(&format!("{BASE}[upstreams.x]\nurl = \"https://x.io\"\naliases = [\"myorg\"]\n")).unwrap();
+    let p = c.validate();
+    assert!(p.iter().any(|p| p.severity == Severity::Warning && p.message.contains("no dot")), "{p:?}");
+    assert!(errors(&c).is_empty());
+}
+
+#[test]
+fn env_overrides_replace_and_add_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let env = vec![
+        ("BERTH_CACHE__MANIFEST_TTL".to_string(), "5s".to_string()),
+        ("BERTH_SERVER__MAX_CONNECTIONS".to_string(), "7".to_string()),
+        ("BERTH_UPSTREAMS__HUB__URL".to_string(), "http://127.0.0.1:1".to_string()),
+        ("BERTH_CONFIG".to_string(), "ignored".to_string()),
+        ("OTHER".to_string(), "x".to_string()),
+    ];
+    let c = Config::load(&path, env).unwrap();
+    assert_eq!(c.cache.manifest_ttl, Duration::from_secs(5));
+    assert_eq!(c.server.max_connections, 7);
+    assert_eq!(c.upstreams["hub"].url.to_string(), "http://127.0.0.1:1/");
+}
+
+#[test]
+fn secrets_never_print() {
+    assert_eq!(format!("{:?}", Secret("hunter2".into())), "***");
+}

@@ -1,0 +1,202 @@
+//! The hyper service: parse the route, resolve the upstream, call the api handler, turn errors
+//! into OCI responses, add the common headers, and write one access-log line (and the request
+//! metrics) when the response body finishes or is dropped.
+
+pub mod body;
+pub mod range;
+pub mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, RANGE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use self::body::Body;
+use self::route::{Query, Route};
+use crate::api::{self, CacheStatus, RequestInfo};
+use crate::error::{Error, Origin};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::upstream::RouteError;
+
+/// The registry API service; one clone per connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    state: AppState,
+}
+
+impl ProxyService {
+    /// A service over shared state.
+    pub fn new(state: AppState) -> ProxyService {
+        ProxyService { state }
+    }
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(handle(state, req).await) })
+    }
+}
+
+/// Answer one request; never fails (errors become OCI responses).
+pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = route::parse_query(req.uri().query());
+    let info = RequestInfo {
+        is_head: method == Method::HEAD,
+        accept: req.headers().get_all(ACCEPT).iter().cloned().collect(),
+        range: req.headers().get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_string),
+    };
+    drop(req);
+    let route = route::parse(&method, &path);
+    let kind = match &route {
+        Ok(Route::Manifest(..)) => "manifest",
+        Ok(Route::Blob(..)) => "blob",
+        Ok(Route::Tags(..)) => "tag_list",
+        Ok(Route::Live | Route::Ready) => "probe",
+        _ => "other",
+    };
+    state.metrics.http_inflight.inc();
+    let result = match route {
+        Ok(r) => dispatch(&state, r, &query, &info).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        match e.origin() {
+            Origin::Client => tracing::debug!(method = %method, path, error = %e, "bad request"),
+            Origin::Upstream => tracing::warn!(method = %method, path, error = %e, "upstream error"),
+            Origin::Internal => tracing::error!(method = %method, path, error = %e, "internal error"),
+        }
+        e.to_response(info.is_head)
+    });
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    if query.ns.is_some() && matches!(kind, "manifest" | "blob" | "tag_list") {
+        if let Some(ns) = query.ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
+            resp.headers_mut().insert("oci-namespace", ns);
+        }
+    }
+    let cache = resp.extensions().get::<CacheStatus>().map_or("none", |c| c.0);
+    let log = AccessLog { metrics: state.metrics.clone(), method, path, status: resp.status(), kind, cache, start, bytes: 0, complete: false };
+    resp.map(|b| LoggedBody { inner: b, log }.boxed_unsync())
+}
+
+async fn dispatch(state: &AppState, route: Route, query: &Query, info: &RequestInfo) -> Result<Response<Body>, Error> {
+    let resolve = |name| {
+        state.upstreams.resolve(query.ns.as_deref(), name).map_err(|e| match e {
+            RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
+        })
+    };
+    match route {
+        Route::Base => Ok(api::base::get(info.is_head)),
+        Route::Live => Ok(plain(StatusCode::OK, "ok")),
+        Route::Ready if state.is_ready() => Ok(plain(StatusCode::OK, "ready")),
+        Route::Ready => Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")),
+        Route::Manifest(name, reference) => {
+            let (up, repo) = resolve(name)?;
+            api::manifests::get(state, info, up, repo, reference).await
+        }
+        Route::Blob(name, digest) => {
+            let (up, repo) = resolve(name)?;
+            api::blobs::get(state, info, up, repo, digest).await
+        }
+        Route::Tags(name) => {
+            let (up, repo) = resolve(name)?;
+            api::tags::get(&up, &repo, &query.passthrough, info.is_head).await
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The access-log line and request metrics, emitted once when the body is done or dropped.
+struct AccessLog {
+    metrics: Arc<Metrics>,
+    method: Method,
+    path: String,
+    status: StatusCode,
+    kind: &'static str,
+    cache: &'static str,
+    start: Instant,
+    bytes: u64,
+    complete: bool,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.http_inflight.dec();
+        if self.kind == "probe" {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        m.http_requests.with_label_values(&[self.kind, self.method.as_str(), self.status.as_str()]).inc();
+        m.http_duration.with_label_values(&[self.kind, self.cache]).observe(secs);
+        let source = if self.cache == "hit" { "cache" } else { "upstream" };
+        m.served_bytes.with_label_values(&[self.kind, source]).inc_by(self.bytes);
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            cache = self.cache,
+            complete = self.complete,
+            duration_ms = (secs * 1000.0) as u64,
+            "request"
+        );
+    }
+}
+
+struct LoggedBody {
+    inner: Body,
+    log: AccessLog,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.log.bytes += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.log.complete = true;
+                }
+            }
+            Poll::Ready(None) => self.log.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,197 @@
+//! Pure request routing: `(method, path, query)` to a [`Route`], validating every component.
+//! Repository names contain slashes, so paths are parsed from the right. No I/O here.
+
+use http::Method;
+
+use crate::error::Error;
+use crate::oci::{Digest, Reference, RepoName};
+
+/// The longest request path accepted (a name is at most 255 bytes; digests up to 135).
+const MAX_PATH_LEN: usize = 1024;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/`
+    Base,
+    /// `GET /livez`
+    Live,
+    /// `GET /readyz`
+    Ready,
+    /// `GET|HEAD /v2/<name>/manifests/<reference>`
+    Manifest(RepoName, Reference),
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`
+    Blob(RepoName, Digest),
+    /// `GET /v2/<name>/tags/list`
+    Tags(RepoName),
+}
+
+/// The query parameters berth uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// containerd's `ns=<registry>`: which upstream the client means.
+    pub ns: Option<String>,
+    /// The rest, passed upstream for `tags/list` (`n`, `last`).
+    pub passthrough: Vec<(String, String)>,
+}
+
+/// Parse the request target. Errors are already the client-facing OCI errors.
+pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(Error::NameInvalid);
+    }
+    match path {
+        "/livez" | "/healthz" => return only_get(method, Route::Live),
+        "/readyz" => return only_get(method, Route::Ready),
+        _ => {}
+    }
+    let rest = match path.strip_prefix("/v2") {
+        Some("") | Some("/") => return only_get(method, Route::Base),
+        Some(r) => r.strip_prefix('/').ok_or(Error::NotFound)?,
+        None => return Err(Error::NotFound),
+    };
+    if rest == "_catalog" {
+        return Err(Error::Unsupported("catalog"));
+    }
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        let name: RepoName = name.parse()?;
+        let reference: Reference = reference.parse()?;
+        return pull_only(method, "manifest push and delete", Route::Manifest(name, reference));
+    }
+    if let Some((name, tail)) = rest.rsplit_once("/blobs/") {
+        let name: RepoName = name.parse()?;
+        if tail == "uploads" || tail.starts_with("uploads/") {
+            return Err(Error::Unsupported("blob upload"));
+        }
+        let digest: Digest = tail.parse()?;
+        return pull_only(method, "blob delete", Route::Blob(name, digest));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return only_get(method, Route::Tags(name.parse()?));
+    }
+    if let Some((name, _)) = rest.rsplit_once("/referrers/") {
+        name.parse::<RepoName>()?;
+        return Err(Error::Unsupported("referrers"));
+    }
+    Err(Error::NotFound)
+}
+
+fn only_get(method: &Method, route: Route) -> Result<Route, Error> {
+    pull_only(method, "this method", route)
+}
+
+fn pull_only(method: &Method, what: &'static str, route: Route) -> Result<Route, Error> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(route)
+    } else {
+        Err(Error::Unsupported(what))
+    }
+}
+
+/// Split a raw query string; keys and values are percent-decoded.
+pub fn parse_query(query: Option<&str>) -> Query {
+    let mut out = Query::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k), percent_decode(v));
+        if k == "ns" {
+            out.ns = Some(v.to_ascii_lowercase());
+        } else {
+            out.passthrough.push((k, v));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |x: u8| (x as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn code(method: Method, path: &str) -> Result<&'static str, &'static str> {
+        match parse(&method, path) {
+            Ok(Route::Base) => Ok("base"),
+            Ok(Route::Live) => Ok("live"),
+            Ok(Route::Ready) => Ok("ready"),
+            Ok(Route::Manifest(_, Reference::Tag(_))) => Ok("manifest-tag"),
+            Ok(Route::Manifest(_, Reference::Digest(_))) => Ok("manifest-digest"),
+            Ok(Route::Blob(..)) => Ok("blob"),
+            Ok(Route::Tags(_)) => Ok("tags"),
+            Err(e) => Err(e.status_and_code().1),
+        }
+    }
+
+    #[test]
+    fn routes_parse_from_the_right_and_validate_every_part() {
+        use Method as M;
+        let deep = format!("/v2/{}/manifests/latest", "a/".repeat(20) + "z");
+        let cases: Vec<(Method, String, Result<&str, &str>)> = vec![
+            (M::GET, "/v2/".into(), Ok("base")),
+            (M::GET, "/v2".into(), Ok("base")),
+            (M::GET, "/livez".into(), Ok("live")),
+            (M::GET, "/readyz".into(), Ok("ready")),
+            (M::GET, "/v2/library/alpine/manifests/3.20".into(), Ok("manifest-tag")),
+            (M::HEAD, format!("/v2/library/alpine/manifests/{D}"), Ok("manifest-digest")),
+            (M::GET, format!("/v2/library/alpine/blobs/{D}"), Ok("blob")),
+            (M::GET, "/v2/a/manifests/b/manifests/c".into(), Ok("manifest-tag")),
+            (M::GET, "/v2/ghcr.io/org/app/tags/list".into(), Ok("tags")),
+            (M::GET, "/v2/ghcr-io/org/app/tags/list".into(), Ok("tags")),
+            (M::GET, deep, Ok("manifest-tag")),
+            (M::GET, "/v2/Library/Nginx/manifests/latest".into(), Err("NAME_INVALID")),
+            (M::GET, "/v2/a/../../x/manifests/latest".into(), Err("NAME_INVALID")),
+            (M::GET, "/v2/a%2Fb/manifests/latest".into(), Err("NAME_INVALID")),
+            (M::GET, "/v2/a//b/manifests/latest".into(), Err("NAME_INVALID")),
+            (M::GET, "/v2/a/manifests/.hidden".into(), Err("TAG_INVALID")),
+            (M::GET, "/v2/a/manifests/sha256:abc".into(), Err("DIGEST_INVALID")),
+            (M::GET, "/v2/a/blobs/latest".into(), Err("DIGEST_INVALID")),
+            (M::GET, "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), Err("DIGEST_INVALID")),
+            (M::GET, format!("/v2/{}/manifests/x", "a".repeat(300)), Err("NAME_INVALID")),
+            (M::PUT, "/v2/a/manifests/latest".into(), Err("UNSUPPORTED")),
+            (M::DELETE, format!("/v2/a/manifests/{D}"), Err("UNSUPPORTED")),
+            (M::DELETE, format!("/v2/a/blobs/{D}"), Err("UNSUPPORTED")),
+            (M::POST, "/v2/a/blobs/uploads/".into(), Err("UNSUPPORTED")),
+            (M::PATCH, "/v2/a/blobs/uploads/1234".into(), Err("UNSUPPORTED")),
+            (M::GET, "/v2/_catalog".into(), Err("UNSUPPORTED")),
+            (M::GET, format!("/v2/a/referrers/{D}"), Err("UNSUPPORTED")),
+            (M::POST, "/v2/".into(), Err("UNSUPPORTED")),
+            (M::GET, "/v2/a/unknown".into(), Err("NAME_UNKNOWN")),
+            (M::GET, "/other".into(), Err("NAME_UNKNOWN")),
+        ];
+        for (m, path, want) in cases {
+            assert_eq!(code(m.clone(), &path), want, "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn query_keeps_ns_apart_and_decodes() {
+        let q = parse_query(Some("ns=Docker.IO&n=10&last=a%2Fb"));
+        assert_eq!(q.ns.as_deref(), Some("docker.io"));
+        assert_eq!(q.passthrough, vec![("n".into(), "10".into()), ("last".into(), "a/b".into())]);
+        assert_eq!(parse_query(None), Query::default());
+        assert_eq!(parse_query(Some("x=%zz%")).passthrough, vec![("x".into(), "%zz%".into())]);
+    }
+}

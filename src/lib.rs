@@ -1,0 +1,87 @@
+//! berth: a pull-through caching registry proxy for the OCI Distribution API (pull side).
+//!
+//! # Layout
+//! ```text
+//! main.rs        CLI (serve, check-config, version); exit codes
+//! lib.rs         run(): build state, start listeners, shut down in order
+//! config.rs      config.toml structs, env overrides, validate()
+//! server.rs      accept loop (conn limit, header timeout, graceful drain), /metrics listener
+//! http/          ProxyService + access log (mod), route parser, Range, body types
+//! api/           handlers: base, manifests (tags, digests, negotiation), blobs, tags/list
+//! fill.rs        single-flight blob fills streamed to every reader from the temp file
+//! coalesce.rs    single-flight for manifest fetches and tag revalidations
+//! cache.rs       manifests and tag records in memory over the store; tag freshness
+//! store/         content-addressed files (cas) and tag records (tags) on disk
+//! upstream/      Upstream (client, auth, redirects), UpstreamSet (routing: ns/prefix/default)
+//! oci/           RepoName, Tag, Reference, Digest, MediaType: spec grammar only
+//! error.rs       Error -> OCI error response (the only place)
+//! metrics.rs     Metrics with its own registry
+//! ```
+//! Dependencies flow one way: `server -> http -> api -> {fill, cache, upstream, store} -> oci`.
+//!
+//! # Request flow
+//! accept -> hyper-util auto (HTTP/1.1, h2) -> `http::handle` -> `route::parse` (validates
+//! name, reference, digest) -> `UpstreamSet::resolve` (`?ns=`, path prefix, default) ->
+//! `api::manifests::get` (tag record fresh? store : coalesced HEAD/GET upstream -> verify ->
+//! store -> move tag) or `api::blobs::get` (store hit : `Fills::start_or_join` -> stream the
+//! temp file as it grows) -> any `Err` becomes the OCI error in `error.rs` -> one access-log
+//! line when the body ends.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cache;
+pub mod coalesce;
+pub mod config;
+pub mod error;
+pub mod fill;
+pub mod http;
+pub mod metrics;
+pub mod oci;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod upstream;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Run berth on already-bound listeners until `shutdown` is cancelled, then: report not-ready,
+/// wait `shutdown_delay`, stop accepting, drain open requests (up to `drain_timeout`), stop
+/// fills and wait for them. Returns an error only if start-up fails.
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let state = AppState::build(config.clone(), metrics.clone())?;
+    let accept_stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, state.clone(), accept_stop.clone()));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
+
+    shutdown.cancelled().await;
+    state.ready.store(false, Ordering::Relaxed);
+    tracing::info!(delay = ?config.server.shutdown_delay, "shutting down: not ready");
+    tokio::time::sleep(config.server.shutdown_delay).await;
+    accept_stop.cancel();
+    let _ = server.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    state.shutdown.cancel();
+    state.tasks.close();
+    state.tasks.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}

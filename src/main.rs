@@ -1,0 +1,150 @@
+//! The `berth` command line: `serve`, `check-config`, `version`. Loads and validates the
+//! config before binding any port; a bad config exits 78 (EX_CONFIG).
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use berth::config::{Config, LogFormat, Severity};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// EX_CONFIG: systemd's `RestartPreventExitStatus=78` keeps a bad config from crash-looping.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Pull-through caching OCI registry proxy")]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, env = "BERTH_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Log format; overrides `[log] format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Validate the config, print every problem, exit 78 if any is an error.
+    CheckConfig,
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match load(&cli) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(&config, cli.log_format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berth: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(serve(config))
+        }
+    }
+}
+
+/// Load, override from the environment, validate; print every problem.
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    let config = Config::load(&cli.config, std::env::vars()).map_err(|e| {
+        eprintln!("berth: {}: {e}", cli.config.display());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let problems = config.validate();
+    for p in &problems {
+        let level = if p.severity == Severity::Error { "error" } else { "warning" };
+        eprintln!("{level}: {}", p.message);
+    }
+    if problems.iter().any(|p| p.severity == Severity::Error) {
+        eprintln!("berth: {} is not valid", cli.config.display());
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    Ok(config)
+}
+
+fn init_tracing(config: &Config, flag: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let json = match flag.unwrap_or(config.log.format) {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let config = Arc::new(config);
+    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.server.listen, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for metrics");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    tracing::info!(listen = %config.server.listen, metrics = ?config.metrics.listen, "listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    match berth::run(config, listener, metrics_listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit at once.
+async fn signal_shutdown(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    token.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(1);
+}

@@ -1,0 +1,130 @@
+//! Prometheus metrics: one `Metrics` value with its own registry (no global statics), typed
+//! fields, and the text encoder for `GET /metrics`. Labels are low-cardinality only
+//! (`upstream`, `kind`, `result`, ...): never a repository or digest.
+
+use http::HeaderMap;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every berth metric.
+pub struct Metrics {
+    registry: Registry,
+    /// `berth_http_requests_total{kind,method,code}`
+    pub http_requests: IntCounterVec,
+    /// `berth_http_request_duration_seconds{kind,cache}` (to the last byte)
+    pub http_duration: HistogramVec,
+    /// `berth_http_requests_inflight`
+    pub http_inflight: IntGauge,
+    /// `berth_cache_lookups_total{kind,upstream,result}`
+    pub cache_lookups: IntCounterVec,
+    /// `berth_served_bytes_total{kind,source}` (source: cache|upstream)
+    pub served_bytes: IntCounterVec,
+    /// `berth_upstream_fetched_bytes_total{kind,upstream}`
+    pub upstream_fetched_bytes: IntCounterVec,
+    /// `berth_upstream_requests_total{upstream,kind,method,code}`
+    pub upstream_requests: IntCounterVec,
+    /// `berth_upstream_inflight_fetches{upstream}`
+    pub inflight_fills: IntGaugeVec,
+    /// `berth_coalesced_requests_total{kind,upstream}`
+    pub coalesced: IntCounterVec,
+    /// `berth_upstream_errors_total{upstream,reason}`
+    pub upstream_errors: IntCounterVec,
+    /// `berth_upstream_ratelimit_limit{upstream}`
+    pub ratelimit_limit: IntGaugeVec,
+    /// `berth_upstream_ratelimit_remaining{upstream}`
+    pub ratelimit_remaining: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid constants");
+    r.register(Box::new(c.clone())).expect("each metric is registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid constants");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
+}
+
+impl Metrics {
+    /// A fresh set on its own registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("berth_http_request_duration_seconds", "Client request time to the last byte")
+                .buckets(vec![0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+            &["kind", "cache"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(http_duration.clone())).expect("registered once");
+        let http_inflight = IntGauge::new("berth_http_requests_inflight", "Client requests in progress").expect("valid gauge");
+        r.register(Box::new(http_inflight.clone())).expect("registered once");
+        let build = gauge(&r, "berth_build_info", "Build information", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        Metrics {
+            http_requests: counter(&r, "berth_http_requests_total", "Client requests answered", &["kind", "method", "code"]),
+            http_duration,
+            http_inflight,
+            cache_lookups: counter(&r, "berth_cache_lookups_total", "Cache lookups by result", &["kind", "upstream", "result"]),
+            served_bytes: counter(&r, "berth_served_bytes_total", "Body bytes sent to clients", &["kind", "source"]),
+            upstream_fetched_bytes: counter(&r, "berth_upstream_fetched_bytes_total", "Body bytes received from upstreams", &["kind", "upstream"]),
+            upstream_requests: counter(&r, "berth_upstream_requests_total", "Requests sent to upstreams", &["upstream", "kind", "method", "code"]),
+            inflight_fills: gauge(&r, "berth_upstream_inflight_fetches", "Blob fills in progress", &["upstream"]),
+            coalesced: counter(&r, "berth_coalesced_requests_total", "Requests that joined an in-flight fetch", &["kind", "upstream"]),
+            upstream_errors: counter(&r, "berth_upstream_errors_total", "Upstream failures by reason", &["upstream", "reason"]),
+            ratelimit_limit: gauge(&r, "berth_upstream_ratelimit_limit", "Last ratelimit-limit seen", &["upstream"]),
+            ratelimit_remaining: gauge(&r, "berth_upstream_ratelimit_remaining", "Last ratelimit-remaining seen", &["upstream"]),
+            registry: r,
+        }
+    }
+
+    /// Record Docker Hub's `ratelimit-limit: 100;w=21600` style headers.
+    pub fn record_ratelimit(&self, upstream: &str, h: &HeaderMap) {
+        let parse = |name: &str| -> Option<i64> { h.get(name)?.to_str().ok()?.split(';').next()?.trim().parse().ok() };
+        if let Some(l) = parse("ratelimit-limit") {
+            self.ratelimit_limit.with_label_values(&[upstream]).set(l);
+        }
+        if let Some(r) = parse("ratelimit-remaining") {
+            self.ratelimit_remaining.with_label_values(&[upstream]).set(r);
+            if r < 10 {
+                tracing::warn!(upstream, remaining = r, "upstream rate limit nearly used up");
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding into a Vec cannot fail");
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratelimit_headers_become_gauges() {
+        let m = Metrics::new();
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+        h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        m.record_ratelimit("hub", &h);
+        assert_eq!(m.ratelimit_limit.with_label_values(&["hub"]).get(), 100);
+        assert_eq!(m.ratelimit_remaining.with_label_values(&["hub"]).get(), 76);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("berth_upstream_ratelimit_remaining{upstream=\"hub\"} 76"), "{text}");
+    }
+}

@@ -1,0 +1,11 @@
+//! OCI spec vocabulary: repository names, references, digests and manifest media types.
+//! Pure parsing and validation only: nothing here touches the network, the disk or HTTP types,
+//! and nothing here imports from the rest of the crate.
+
+mod digest;
+mod media;
+mod name;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use media::{inspect_manifest, ManifestError, MediaType, MANIFEST_TYPES};
+pub use name::{NameError, Reference, RepoName, Tag};

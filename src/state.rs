@@ -1,0 +1,85 @@
+//! `AppState`: the cheap-to-clone bundle of shared handles every request and task uses, built
+//! once at start from the config. Every field is a handle; nothing here does request work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{Manifest, ManifestCache, TagKey};
+use crate::coalesce::SingleFlight;
+use crate::config::Config;
+use crate::error::Error;
+use crate::fill::Fills;
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::store::{BlobStore, TagStore};
+use crate::upstream::UpstreamSet;
+
+/// What a coalesced manifest fetch is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FlightKey {
+    /// Resolving or revalidating a tag.
+    Tag(TagKey),
+    /// Fetching a manifest by digest from an upstream.
+    Digest(String, Digest),
+}
+
+/// The shared result of a coalesced manifest fetch: the manifest and the cache result label.
+pub type FlightResult = Result<(Arc<Manifest>, &'static str), Arc<Error>>;
+
+/// Shared handles for request handlers and background tasks.
+#[derive(Clone)]
+pub struct AppState {
+    /// The loaded config.
+    pub config: Arc<Config>,
+    /// The closed set of upstreams.
+    pub upstreams: Arc<UpstreamSet>,
+    /// Content-addressed store.
+    pub blobs: BlobStore,
+    /// Manifests and tags, memory over disk.
+    pub manifests: ManifestCache,
+    /// Blob fills in progress.
+    pub fills: Fills,
+    /// Manifest fetches in progress.
+    pub flights: SingleFlight<FlightKey, FlightResult>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// False while starting and draining.
+    pub ready: Arc<AtomicBool>,
+    /// Background tasks (fills) to wait for on shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Open the store (removing temp files) and build every upstream.
+    pub fn build(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<AppState, String> {
+        let blobs = BlobStore::open(&config.storage.path).map_err(|e| format!("storage.path {}: {e}", config.storage.path.display()))?;
+        let tags = TagStore::new(&config.storage.path);
+        let manifests = ManifestCache::new(blobs.clone(), tags, config.cache.memory_bytes, config.cache.negative_ttl);
+        let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let fills = Fills::new(blobs.clone(), metrics.clone(), tasks.clone(), shutdown.clone());
+        Ok(AppState {
+            config,
+            upstreams,
+            blobs,
+            manifests,
+            fills,
+            flights: SingleFlight::default(),
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Whether `/readyz` should say yes.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}

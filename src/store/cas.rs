@@ -1,0 +1,181 @@
+//! Content-addressed storage on local disk. Writers stream into `tmp/<random>`, the caller
+//! verifies the digest, then [`BlobStore::commit`] fsyncs and renames into
+//! `blobs/<alg>/<ab>/<hex>` and fsyncs the directory, so a final path always holds exactly the
+//! bytes of its digest. A temp file is removed when its [`TempFile`] is dropped uncommitted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::Error;
+use crate::oci::Digest;
+
+/// Handle to the store root. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// A file being written under `tmp/`; removed on drop unless committed.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl TempFile {
+    /// The open file (read + write).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Open readers keep their descriptor; the name goes now.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl BlobStore {
+    /// Open (creating) the store at `root` and remove leftover temp files.
+    pub fn open(root: &Path) -> Result<BlobStore, Error> {
+        for dir in ["blobs", "tmp", "tags"] {
+            fs::create_dir_all(root.join(dir))?;
+        }
+        for entry in fs::read_dir(root.join("tmp"))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(BlobStore { root: root.to_path_buf() })
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the verified content of `digest` lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root.join("blobs").join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    /// Open committed content for reading: the file and its size, or `None` if absent.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, Error> {
+        match File::open(self.blob_path(digest)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether committed content exists for `digest`.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// A new, empty temp file on the store's file system (so the commit rename is atomic).
+    pub fn create_temp(&self) -> Result<TempFile, Error> {
+        let path = self.root.join("tmp").join(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(TempFile { path, file, committed: false })
+    }
+
+    /// Make a fully written temp file visible as `digest`. The caller has verified the digest.
+    pub fn commit(&self, mut tmp: TempFile, digest: &Digest) -> Result<(), Error> {
+        tmp.file.sync_all()?;
+        let dest = self.blob_path(digest);
+        let dir = dest.parent().expect("blob paths always have a parent");
+        fs::create_dir_all(dir)?;
+        fs::rename(&tmp.path, &dest)?;
+        tmp.committed = true;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Store small verified content (a manifest) in one step.
+    pub fn store_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), Error> {
+        let mut tmp = self.create_temp()?;
+        tmp.file.write_all(bytes)?;
+        self.commit(tmp, digest)
+    }
+
+    /// Read small content back, re-verifying it: a file that does not match its digest (or is
+    /// over `max` bytes) is removed and reported as absent, so it is refetched, never served.
+    pub fn load_verified(&self, digest: &Digest, max: u64) -> Result<Option<Bytes>, Error> {
+        let Some((file, len)) = self.open_blob(digest)? else { return Ok(None) };
+        if len > max {
+            return Ok(None);
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        file.take(max + 1).read_to_end(&mut buf)?;
+        if Digest::of(digest.algorithm(), &buf) != *digest {
+            self.remove(digest)?;
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Remove committed content (absent is fine). Open readers keep their descriptors.
+    pub fn remove(&self, digest: &Digest) -> Result<(), Error> {
+        match fs::remove_file(self.blob_path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Algorithm;
+
+    #[test]
+    fn content_is_visible_only_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"hello");
+        let mut tmp = store.create_temp().unwrap();
+        tmp.file.write_all(b"hello").unwrap();
+        assert!(!store.contains(&d), "not visible before commit");
+        store.commit(tmp, &d).unwrap();
+        assert_eq!(store.load_verified(&d, 100).unwrap().unwrap(), &b"hello"[..]);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temp file renamed away");
+    }
+
+    #[test]
+    fn dropped_temp_files_and_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let tmp = store.create_temp().unwrap();
+        drop(tmp);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "start removes temp files");
+    }
+
+    #[test]
+    fn corrupt_content_is_treated_as_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"good");
+        store.store_bytes(&d, b"good").unwrap();
+        fs::write(store.blob_path(&d), b"evil").unwrap();
+        assert!(store.load_verified(&d, 100).unwrap().is_none());
+        assert!(!store.contains(&d), "corrupt file removed so it is refetched");
+    }
+}
