@@ -311,6 +311,16 @@ pub fn read_file(
             })
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            // The chunk that completes a known-length body is held until the fill is verified:
+            // once the client has every byte it would take the transfer as clean.
+            let last = end.is_some_and(|e| pos + n as u64 >= e);
+            let chunk = match (last, progress.as_mut()) {
+                (true, Some(rx)) if chunk.is_ok() => match wait_verified(rx).await {
+                    Ok(()) => chunk,
+                    Err(e) => Err(e),
+                },
+                _ => chunk,
+            };
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() || failed {
                 return;
@@ -321,8 +331,22 @@ pub fn read_file(
     rx
 }
 
-/// How far a reader at `pos` may read now: waits while nothing new is written. `u64::MAX`-free:
-/// returns the written length, or the final size once done.
+/// Wait until the fill is committed (Ok) or failed (Err).
+async fn wait_verified(rx: &mut watch::Receiver<Progress>) -> io::Result<()> {
+    loop {
+        match &*rx.borrow_and_update() {
+            Progress::Done { .. } => return Ok(()),
+            Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
+            _ => {}
+        }
+        if rx.changed().await.is_err() {
+            return Err(io::Error::other("fill ended without a result"));
+        }
+    }
+}
+
+/// How far a reader at `pos` may read now: waits while nothing new is written; returns the
+/// written length, or the final size once done.
 async fn wait_for(rx: &mut watch::Receiver<Progress>, pos: u64) -> io::Result<u64> {
     loop {
         match &*rx.borrow_and_update() {

@@ -1,0 +1,174 @@
+//! The pull API against an in-process fake upstream: headers, HEAD, Range, tags within the
+//! TTL, digests without upstream contact, bad input, token auth.
+
+mod common;
+
+use common::*;
+
+const ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_by_tag_is_served_from_cache_when_within_ttl() {
+    let fake = FakeRegistry::start().await;
+    let (digest, bytes) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let url = proxy.url("/v2/library/app/manifests/v1");
+    for i in 0..5 {
+        let r = get(&url, &[("accept", ALL)]).await;
+        assert_eq!(r.status, 200, "pull {i}");
+        assert_eq!(r.bytes(), &bytes);
+        assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+        assert_eq!(r.header("content-type"), Some(OCI_MANIFEST));
+        assert_eq!(r.header("content-length"), Some(bytes.len().to_string().as_str()));
+        assert_eq!(r.header("docker-distribution-api-version"), Some("registry/2.0"));
+    }
+    assert_eq!(fake.hits("GET", "/v2/library/app/manifests/v1"), 1, "one upstream GET for five pulls");
+    assert_eq!(fake.hits("HEAD", "/v2/library/app/manifests/v1"), 0, "no revalidation within the TTL");
+    let h = head(&url, &[("accept", ALL)]).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(h.header("content-length"), Some(bytes.len().to_string().as_str()));
+    assert_eq!(h.header("content-type"), Some(OCI_MANIFEST));
+    assert!(h.bytes().is_empty(), "HEAD has no body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_hits_never_contact_upstream_when_it_is_gone() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000);
+    let (digest, bytes) = fake.image("library/app", "v1", DOCKER_MANIFEST, &[layer.clone()]);
+    let layer_digest = sha256(&layer);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    assert_eq!(get(&proxy.url(&format!("/v2/library/app/manifests/{digest}")), &[]).await.status, 200);
+    assert_eq!(get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[]).await.bytes(), &layer);
+    let before = fake.total_hits();
+    fake.stop();
+    let r = get(&proxy.url(&format!("/v2/library/app/manifests/{digest}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &bytes));
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &layer));
+    assert_eq!(fake.total_hits(), before, "no upstream contact for digest hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_range_gets_206_and_out_of_range_gets_416() {
+    let fake = FakeRegistry::start().await;
+    let blob = random_bytes(20);
+    let d = fake.put_blob(blob.clone());
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let url = proxy.url(&format!("/v2/library/app/blobs/{d}"));
+    assert_eq!(get(&url, &[]).await.bytes(), &blob, "fill the cache");
+    let r = get(&url, &[("range", "bytes=1-3")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 1-3/20"));
+    assert_eq!(r.header("content-length"), Some("3"));
+    assert_eq!(r.header("docker-content-digest"), Some(d.as_str()), "full-blob digest on 206");
+    assert_eq!(r.bytes(), &blob.slice(1..4));
+    let r = get(&url, &[("range", "bytes=99999999999-")]).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */20"));
+    assert_eq!(r.json()["errors"][0]["code"], "RANGE_INVALID");
+    let h = head(&url, &[]).await;
+    assert_eq!((h.status, h.header("content-length"), h.header("content-type")), (200, Some("20"), Some("application/octet-stream")));
+    assert_eq!(h.header("docker-content-digest"), Some(d.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_spec_errors_without_upstream_contact() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let d = sha256(b"x");
+    let cases: Vec<(http::Method, String, u16, &str)> = vec![
+        (http::Method::GET, "/v2/Library/Nginx/manifests/latest".into(), 400, "NAME_INVALID"),
+        (http::Method::GET, "/v2/a/../../etc/manifests/latest".into(), 400, "NAME_INVALID"),
+        (http::Method::GET, format!("/v2/{}/manifests/x", "a".repeat(300)), 400, "NAME_INVALID"),
+        (http::Method::GET, "/v2/library/app/manifests/-bad".into(), 400, "TAG_INVALID"),
+        (http::Method::GET, "/v2/library/app/blobs/sha256:1234".into(), 400, "DIGEST_INVALID"),
+        (http::Method::GET, "/v2/library/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), 400, "DIGEST_INVALID"),
+        (http::Method::GET, format!("/v2/library/app/manifests/{d}?ns=evil.example"), 404, "NAME_UNKNOWN"),
+        (http::Method::GET, format!("/v2/library/app/blobs/{d}?ns=169.254.169.254"), 404, "NAME_UNKNOWN"),
+        (http::Method::PUT, "/v2/library/app/manifests/latest".into(), 405, "UNSUPPORTED"),
+        (http::Method::DELETE, format!("/v2/library/app/blobs/{d}"), 405, "UNSUPPORTED"),
+        (http::Method::POST, "/v2/library/app/blobs/uploads/".into(), 405, "UNSUPPORTED"),
+        (http::Method::GET, "/v2/_catalog?n=2147483647".into(), 405, "UNSUPPORTED"),
+    ];
+    for (m, path, status, code) in cases {
+        let r = request(m.clone(), &proxy.url(&path), &[]).await;
+        assert_eq!(r.status, status, "{m} {path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{m} {path}");
+        assert_eq!(r.json()["errors"][0]["code"], code, "{m} {path}");
+    }
+    assert_eq!(fake.total_hits(), 0, "nothing reached the upstream");
+    assert!(proxy.stored_files().is_empty(), "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_endpoint_and_probes_answer() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url("/v2/"), &[]).await;
+    assert_eq!((r.status, r.bytes().as_ref()), (200, &b"{}"[..]));
+    assert_eq!(r.header("docker-distribution-api-version"), Some("registry/2.0"));
+    assert_eq!(get(&proxy.url("/livez"), &[]).await.status, 200);
+    assert_eq!(get(&proxy.url("/readyz"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_fetched_once_and_reused() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token("s3cret-token");
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(5000), random_bytes(7000)]);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let m = get(&proxy.url("/v2/library/app/manifests/v1"), &[("accept", ALL)]).await;
+    assert_eq!(m.status, 200);
+    assert_eq!(m.header("docker-content-digest"), Some(digest.as_str()));
+    let man = m.json();
+    for l in man["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256(r.bytes()), d);
+    }
+    assert_eq!(fake.hits("GET", "/token"), 1, "one token for the repository scope");
+    let metrics = proxy.metrics().await;
+    assert!(!metrics.contains("s3cret-token"), "tokens never reach metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_not_sent_to_a_foreign_realm() {
+    let fake = FakeRegistry::start().await;
+    let thief = FakeRegistry::start().await;
+    fake.require_token("t");
+    *fake.state.realm.lock().unwrap() = Some(format!("http://localhost:{}/token", thief.addr.port()));
+    fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), "hunter2\n").unwrap();
+    let proxy = TestProxy::start(&fake.url(), &format!("username = \"u\"\npassword_file = {:?}\n", pw.path())).await;
+    let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(thief.total_hits(), 0, "the foreign realm was never contacted");
+    assert!(!String::from_utf8_lossy(r.bytes()).contains("hunter2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_is_passed_through() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url("/v2/library/app/tags/list?n=10"), &[]).await;
+    assert_eq!(r.status, 404, "the fake has no tags endpoint: upstream 404 becomes NAME_UNKNOWN");
+    assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
+    assert_eq!(fake.hits("GET", "/v2/library/app/tags/list"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_tags_are_remembered_for_negative_ttl() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "[cache]\nnegative_ttl = \"1h\"\n").await;
+    for _ in 0..5 {
+        let r = get(&proxy.url("/v2/library/nope/manifests/v1"), &[]).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    }
+    assert_eq!(fake.hits("GET", "/v2/library/nope/manifests/v1"), 1, "404 remembered");
+}

@@ -1,0 +1,153 @@
+//! Hostile and broken upstreams: wrong bytes, resets mid-body, error statuses, oversized or
+//! ambiguous manifests. In every case the client never gets a clean 200 with wrong data,
+//! nothing is stored, and the next fault-free request succeeds.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+/// The client must see an error status or a broken body, never a clean 200 with other bytes.
+fn assert_no_clean_wrong_answer(r: &Reply, good: &Bytes, what: &str) {
+    if r.status == 200 {
+        if let Ok(b) = &r.body {
+            assert_eq!(b, good, "{what}: a clean 200 must carry the exact bytes");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_blob_transfers_are_never_stored_and_next_pull_succeeds() {
+    let cases: Vec<(&str, Vec<Fault>)> = vec![
+        ("wrong bytes", vec![Fault::WrongBytes]),
+        ("reset on every attempt", vec![Fault::ResetAfter(100_000); 4]),
+        ("status 500", vec![Fault::Status(500, None)]),
+        ("status 503", vec![Fault::Status(503, None)]),
+    ];
+    for (what, faults) in cases {
+        let fake = FakeRegistry::start().await;
+        let blob = random_bytes(1 << 20);
+        let d = fake.put_blob(blob.clone());
+        for f in faults {
+            fake.fault(&d, f);
+        }
+        let proxy = TestProxy::start(&fake.url(), "").await;
+        let url = proxy.url(&format!("/v2/library/app/blobs/{d}"));
+        let r = get(&url, &[]).await;
+        assert!(r.status != 200 || r.body.is_err(), "{what}: got a clean {}", r.status);
+        assert_no_clean_wrong_answer(&r, &blob, what);
+        assert!(proxy.stored_files().is_empty(), "{what}: nothing stored");
+        let r = get(&url, &[]).await;
+        assert_eq!(r.status, 200, "{what}: next request");
+        assert_eq!(r.bytes(), &blob, "{what}: next request gets the blob");
+        assert_eq!(proxy.stored_files().len(), 1, "{what}: stored after a good transfer");
+        assert!(proxy.temp_files().is_empty(), "{what}: no temp file left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_mid_body_is_resumed_with_range_and_verified() {
+    let fake = FakeRegistry::start().await;
+    let blob = random_bytes(2 << 20);
+    let d = fake.put_blob(blob.clone());
+    fake.fault(&d, Fault::ResetAfter(700_000));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.bytes(), &blob, "the client gets every byte once");
+    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{d}")), 2, "one resumed request");
+    assert_eq!(proxy.stored_files().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_is_not_honoured_restarts_and_still_verifies() {
+    let fake = FakeRegistry::start().await;
+    *fake.state.honour_range.lock().unwrap() = false;
+    let blob = random_bytes(1 << 20);
+    let d = fake.put_blob(blob.clone());
+    fake.fault(&d, Fault::ResetAfter(400_000));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &blob));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_refused_and_not_stored() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let good = Bytes::from(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#);
+    let good_digest = sha256(&good);
+    // 1. Served under a digest it does not hash to.
+    let evil = Bytes::from(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"x":1},"layers":[]}"#);
+    fake.state.manifests.lock().unwrap().insert(("library/a".into(), good_digest.clone()), (OCI_MANIFEST.into(), evil));
+    // 2. Over 4 MiB.
+    let mut big = br#"{"schemaVersion":2,"config":{},"layers":[],"pad":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 5 << 20));
+    big.extend(b"\"}");
+    fake.put_manifest("library/b", Some("big"), OCI_MANIFEST, Bytes::from(big));
+    // 3. An index labelled as a manifest (CVE-2021-41190).
+    let ambiguous = Bytes::from(r#"{"schemaVersion":2,"manifests":[],"layers":[]}"#);
+    fake.put_manifest("library/c", Some("amb"), OCI_MANIFEST, ambiguous);
+    // 4. An HTML page.
+    fake.put_manifest("library/d", Some("html"), OCI_MANIFEST, Bytes::from("<html>captive portal</html>"));
+    for path in [
+        format!("/v2/library/a/manifests/{good_digest}"),
+        "/v2/library/b/manifests/big".to_string(),
+        "/v2/library/c/manifests/amb".to_string(),
+        "/v2/library/d/manifests/html".to_string(),
+    ] {
+        let r = get(&proxy.url(&path), &[]).await;
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE", "{path}");
+    }
+    assert!(proxy.stored_files().is_empty(), "nothing stored");
+    // Fixed upstream: the next request succeeds.
+    fake.put_manifest("library/a", None, OCI_MANIFEST, good.clone());
+    let r = get(&proxy.url(&format!("/v2/library/a/manifests/{good_digest}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_statuses_map_to_clear_errors_when_nothing_is_cached() {
+    let cases: Vec<(Fault, u16, &str, Option<&str>)> = vec![
+        (Fault::Status(429, Some("17")), 429, "TOOMANYREQUESTS", Some("17")),
+        (Fault::Status(500, None), 502, "UNAVAILABLE", None),
+        (Fault::Status(401, None), 403, "DENIED", None),
+        (Fault::Stall, 504, "UNAVAILABLE", None),
+    ];
+    for (fault, status, code, retry_after) in cases {
+        let fake = FakeRegistry::start().await;
+        fake.set_global_fault(Some(fault.clone()));
+        let proxy = TestProxy::start(&fake.url(), "").await;
+        let started = std::time::Instant::now();
+        let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[]).await;
+        assert_eq!(r.status, status, "{fault:?}");
+        assert_eq!(r.json()["errors"][0]["code"], code, "{fault:?}");
+        assert_eq!(r.header("retry-after"), retry_after, "{fault:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded by the configured timeout");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_without_leaking_to_private_hosts() {
+    let fake = FakeRegistry::start().await;
+    let cdn = FakeRegistry::start().await;
+    let blob = random_bytes(100_000);
+    let d = fake.put_blob(blob.clone());
+    cdn.put_blob(blob.clone());
+    // Same configured host (127.0.0.1), other port: allowed.
+    fake.fault(&d, Fault::Redirect(format!("{}/v2/library/app/blobs/{d}", cdn.url())));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &blob));
+    assert_eq!(cdn.hits("GET", &format!("/v2/library/app/blobs/{d}")), 1);
+    // A host name that resolves to loopback but is not configured: refused.
+    let d2 = fake.put_blob(random_bytes(5000));
+    cdn.put_blob(random_bytes(5000));
+    fake.fault(&d2, Fault::Redirect(format!("http://localhost:{}/v2/library/app/blobs/{d2}", cdn.addr.port())));
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d2}")), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(cdn.hits("GET", &format!("/v2/library/app/blobs/{d2}")), 0, "private host never dialled");
+}
