@@ -54,7 +54,10 @@ impl ManifestCache {
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .build(),
             tag_records: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            negative: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(negative_ttl.max(Duration::from_millis(1))).build(),
+            negative: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(negative_ttl.max(Duration::from_millis(1)))
+                .build(),
         }
     }
 
@@ -70,8 +73,14 @@ impl ManifestCache {
             .map_err(|e| std::io::Error::other(e.to_string()))??;
         let Some(bytes) = bytes else { return Ok(None) };
         // Stored manifests passed inspection before; one that no longer does is not served.
-        let Ok(media_type) = inspect_manifest(&bytes, None) else { return Ok(None) };
-        let m = Arc::new(Manifest { digest: digest.clone(), media_type, bytes });
+        let Ok(media_type) = inspect_manifest(&bytes, None) else {
+            return Ok(None);
+        };
+        let m = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        });
         self.by_digest.insert(digest.clone(), m.clone());
         Ok(Some(m))
     }
@@ -165,7 +174,15 @@ mod tests {
             let got = freshness(t0, t0 + Duration::from_secs(age), ttl, stale);
             assert_eq!(got, want, "age {age}s");
         }
-        assert_eq!(freshness(t0, t0 - Duration::from_secs(5), ttl, stale), Freshness::Fresh, "clock went back");
-        assert_eq!(freshness(t0, t0, Duration::ZERO, stale), Freshness::Stale, "ttl 0 always revalidates");
+        assert_eq!(
+            freshness(t0, t0 - Duration::from_secs(5), ttl, stale),
+            Freshness::Fresh,
+            "clock went back"
+        );
+        assert_eq!(
+            freshness(t0, t0, Duration::ZERO, stale),
+            Freshness::Stale,
+            "ttl 0 always revalidates"
+        );
     }
 }

@@ -19,13 +19,17 @@ pub struct SingleFlight<K, V> {
 
 impl<K, V> Clone for SingleFlight<K, V> {
     fn clone(&self) -> Self {
-        SingleFlight { inflight: self.inflight.clone() }
+        SingleFlight {
+            inflight: self.inflight.clone(),
+        }
     }
 }
 
 impl<K, V> Default for SingleFlight<K, V> {
     fn default() -> Self {
-        SingleFlight { inflight: Arc::default() }
+        SingleFlight {
+            inflight: Arc::default(),
+        }
     }
 }
 
@@ -61,7 +65,10 @@ where
                 None => {
                     let (tx, rx) = watch::channel(None);
                     map.insert(key.clone(), rx.clone());
-                    let leave = Leave { map: self.inflight.clone(), key };
+                    let leave = Leave {
+                        map: self.inflight.clone(),
+                        key,
+                    };
                     tokio::spawn(async move {
                         let v = work.await;
                         drop(leave);

@@ -84,7 +84,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Auto }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
     }
 }
 
@@ -166,6 +169,27 @@ pub struct UpstreamConfig {
     /// Time to wait for response headers after sending a request.
     #[serde(default = "default_header_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Extra attempts for a request that failed to connect or got a 5xx (jittered backoff).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Consecutive connect failures, timeouts or 5xx that open the circuit breaker.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit fails fast before one probe request is let through.
+    #[serde(default = "default_circuit_cooldown", deserialize_with = "duration")]
+    pub circuit_cooldown: Duration,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+
+fn default_circuit_cooldown() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -249,40 +273,67 @@ impl Config {
 
     /// Read `path`, apply `BERTH_SECTION__KEY=value` overrides from `env`, and parse.
     pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
-        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))?;
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("BERTH_") else { continue };
+            let Some(rest) = key.strip_prefix("BERTH_") else {
+                continue;
+            };
             if rest == "CONFIG" || !rest.contains("__") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut doc, &path, parse_env_value(&value)).map_err(LoadError::Parse)?;
         }
-        doc.try_into().map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))
+        doc.try_into()
+            .map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))
     }
 
     /// Every problem in the config, errors and warnings, in a stable order.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut err = |m: String| out.push(Problem { severity: Severity::Error, message: m });
+        let mut err = |m: String| {
+            out.push(Problem {
+                severity: Severity::Error,
+                message: m,
+            })
+        };
         if self.upstreams.is_empty() {
             err("no [upstreams.<name>] table: at least one upstream is required".into());
         }
-        let defaults: Vec<&str> =
-            self.upstreams.iter().filter(|(_, u)| u.default).map(|(n, _)| n.as_str()).collect();
+        let defaults: Vec<&str> = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.default)
+            .map(|(n, _)| n.as_str())
+            .collect();
         if !self.upstreams.is_empty() && defaults.len() != 1 {
-            err(format!("exactly one upstream must have default = true, found {}: {defaults:?}", defaults.len()));
+            err(format!(
+                "exactly one upstream must have default = true, found {}: {defaults:?}",
+                defaults.len()
+            ));
         }
         let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         let mut warnings = Vec::new();
         for (name, up) in &self.upstreams {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 err(format!("upstream name {name:?}: use letters, digits, '-' and '_' only"));
             }
             match (up.url.scheme_str(), up.url.authority()) {
                 (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
-                _ => err(format!("upstreams.{name}.url {:?}: must be http(s)://host[:port] without credentials", up.url.to_string())),
+                _ => err(format!(
+                    "upstreams.{name}.url {:?}: must be http(s)://host[:port] without credentials",
+                    up.url.to_string()
+                )),
             }
             if !matches!(up.url.path(), "" | "/") || up.url.query().is_some() {
                 err(format!("upstreams.{name}.url: must not have a path or query"));
@@ -290,11 +341,15 @@ impl Config {
             for alias in &up.aliases {
                 let a = alias.to_ascii_lowercase();
                 if a.is_empty() || a.contains('/') || a.contains(char::is_whitespace) {
-                    err(format!("upstreams.{name}.aliases: {alias:?} is not a registry host name"));
+                    err(format!(
+                        "upstreams.{name}.aliases: {alias:?} is not a registry host name"
+                    ));
                     continue;
                 }
                 if let Some(other) = seen.insert(a.clone(), name) {
-                    err(format!("alias {alias:?} is used by both upstreams.{other} and upstreams.{name}"));
+                    err(format!(
+                        "alias {alias:?} is used by both upstreams.{other} and upstreams.{name}"
+                    ));
                 }
                 if !a.contains('.') && !a.contains(':') && a != "localhost" {
                     warnings.push(format!(
@@ -307,7 +362,9 @@ impl Config {
             }
             let has_password = up.password_file.is_some() || up.password_env.is_some();
             if up.username.is_some() != has_password {
-                err(format!("upstreams.{name}: username and a password (password_file or password_env) go together"));
+                err(format!(
+                    "upstreams.{name}: username and a password (password_file or password_env) go together"
+                ));
             }
             if let Err(e) = up.load_password() {
                 err(format!("upstreams.{name}: {e}"));
@@ -316,6 +373,12 @@ impl Config {
                 if let Err(e) = std::fs::metadata(ca) {
                     err(format!("upstreams.{name}.ca_file {}: {e}", ca.display()));
                 }
+            }
+            if up.retries > 5 {
+                err(format!("upstreams.{name}.retries: at most 5"));
+            }
+            if up.circuit_failures == 0 {
+                err(format!("upstreams.{name}.circuit_failures: at least 1"));
             }
             if up.timeout.is_zero() || up.connect_timeout.is_zero() {
                 err(format!("upstreams.{name}: timeouts must be greater than zero"));
@@ -327,7 +390,10 @@ impl Config {
         if self.server.max_connections == 0 {
             err("server.max_connections must be at least 1".into());
         }
-        out.extend(warnings.into_iter().map(|m| Problem { severity: Severity::Warning, message: m }));
+        out.extend(warnings.into_iter().map(|m| Problem {
+            severity: Severity::Warning,
+            message: m,
+        }));
         out
     }
 }
@@ -371,7 +437,8 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 
 fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse::<Uri>().map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
+    s.parse::<Uri>()
+        .map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
 }
 
 #[cfg(test)]

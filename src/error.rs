@@ -125,9 +125,18 @@ impl Error {
     /// Fold an upstream failure for `repo` into the client-facing error.
     pub fn from_upstream(upstream: &str, repo: &RepoName, e: upstream::Error) -> Error {
         match e {
-            upstream::Error::Denied(_) => Error::UpstreamDenied { upstream: upstream.into(), repo: repo.to_string() },
-            upstream::Error::Throttled(retry_after) => Error::UpstreamThrottled { upstream: upstream.into(), retry_after },
-            source => Error::Upstream { upstream: upstream.into(), source },
+            upstream::Error::Denied(_) => Error::UpstreamDenied {
+                upstream: upstream.into(),
+                repo: repo.to_string(),
+            },
+            upstream::Error::Throttled(retry_after) => Error::UpstreamThrottled {
+                upstream: upstream.into(),
+                retry_after,
+            },
+            source => Error::Upstream {
+                upstream: upstream.into(),
+                source,
+            },
         }
     }
 
@@ -147,8 +156,12 @@ impl Error {
             Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::UpstreamDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             Error::UpstreamThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
-            Error::Upstream { source: U::Timeout(_), .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
-            Error::Upstream { source: U::CircuitOpen, .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Error::Upstream {
+                source: U::Timeout(_), ..
+            } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+            Error::Upstream {
+                source: U::CircuitOpen, ..
+            } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Upstream { .. } | Error::BadContent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             Error::Shared(e) => e.status_and_code(),
@@ -199,10 +212,15 @@ impl Error {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));
         match self.innermost() {
-            Error::UpstreamThrottled { retry_after: Some(v), .. } => {
+            Error::UpstreamThrottled {
+                retry_after: Some(v), ..
+            } => {
                 h.insert(RETRY_AFTER, v.clone());
             }
-            Error::Upstream { source: upstream::Error::CircuitOpen, .. } => {
+            Error::Upstream {
+                source: upstream::Error::CircuitOpen,
+                ..
+            } => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("10"));
             }
             Error::RangeNotSatisfiable { size } => {
@@ -238,14 +256,65 @@ mod tests {
             (Error::UnknownNamespace("evil.example".into()), 404, "NAME_UNKNOWN"),
             (Error::ManifestUnknown("x".into()), 404, "MANIFEST_UNKNOWN"),
             (Error::BlobUnknown("x".into()), 404, "BLOB_UNKNOWN"),
-            (Error::UpstreamDenied { upstream: "u".into(), repo: "r".into() }, 403, "DENIED"),
-            (Error::UpstreamThrottled { upstream: "u".into(), retry_after: Some(HeaderValue::from_static("7")) }, 429, "TOOMANYREQUESTS"),
-            (Error::Upstream { upstream: "u".into(), source: upstream::Error::Timeout("headers") }, 504, "UNAVAILABLE"),
-            (Error::Upstream { upstream: "u".into(), source: upstream::Error::CircuitOpen }, 503, "UNAVAILABLE"),
-            (Error::Upstream { upstream: "u".into(), source: upstream::Error::Status(500) }, 502, "UNAVAILABLE"),
-            (Error::BadContent { upstream: "u".into(), reference: "r".into(), reason: "digest".into() }, 502, "UNAVAILABLE"),
-            (Error::Store(store::Error::Io(std::io::Error::other("/secret/path"))), 500, "UNKNOWN"),
-            (Error::Shared(Arc::new(Error::BlobUnknown("x".into()))), 404, "BLOB_UNKNOWN"),
+            (
+                Error::UpstreamDenied {
+                    upstream: "u".into(),
+                    repo: "r".into(),
+                },
+                403,
+                "DENIED",
+            ),
+            (
+                Error::UpstreamThrottled {
+                    upstream: "u".into(),
+                    retry_after: Some(HeaderValue::from_static("7")),
+                },
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                Error::Upstream {
+                    upstream: "u".into(),
+                    source: upstream::Error::Timeout("headers"),
+                },
+                504,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::Upstream {
+                    upstream: "u".into(),
+                    source: upstream::Error::CircuitOpen,
+                },
+                503,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::Upstream {
+                    upstream: "u".into(),
+                    source: upstream::Error::Status(500),
+                },
+                502,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::BadContent {
+                    upstream: "u".into(),
+                    reference: "r".into(),
+                    reason: "digest".into(),
+                },
+                502,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::Store(store::Error::Io(std::io::Error::other("/secret/path"))),
+                500,
+                "UNKNOWN",
+            ),
+            (
+                Error::Shared(Arc::new(Error::BlobUnknown("x".into()))),
+                404,
+                "BLOB_UNKNOWN",
+            ),
         ];
         for (err, status, code) in cases {
             let resp = err.to_response(false);
@@ -254,13 +323,19 @@ mod tests {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["errors"][0]["code"], code, "{err:?}");
-            assert!(!body.windows(7).any(|w| w == b"/secret"), "internal detail leaked: {err:?}");
+            assert!(
+                !body.windows(7).any(|w| w == b"/secret"),
+                "internal detail leaked: {err:?}"
+            );
         }
     }
 
     #[tokio::test]
     async fn head_errors_have_no_body_and_429_keeps_retry_after() {
-        let err = Error::UpstreamThrottled { upstream: "u".into(), retry_after: Some(HeaderValue::from_static("7")) };
+        let err = Error::UpstreamThrottled {
+            upstream: "u".into(),
+            retry_after: Some(HeaderValue::from_static("7")),
+        };
         let resp = err.to_response(true);
         assert_eq!(resp.headers()[RETRY_AFTER], "7");
         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -74,7 +74,9 @@ impl Fill {
                 Progress::Failed(e) => return Err(Error::Shared(e.clone())),
             }
             if rx.changed().await.is_err() {
-                return Err(Error::Store(io::Error::other("fill task ended without a result").into()));
+                return Err(Error::Store(
+                    io::Error::other("fill task ended without a result").into(),
+                ));
             }
         }
     }
@@ -112,15 +114,27 @@ pub struct Fills {
 impl Fills {
     /// Fills writing into `store`; tasks are tracked by `tasks` and stop on `shutdown`.
     pub fn new(store: BlobStore, metrics: Arc<Metrics>, tasks: TaskTracker, shutdown: CancellationToken) -> Fills {
-        Fills { inflight: Arc::default(), store, metrics, tasks, shutdown }
+        Fills {
+            inflight: Arc::default(),
+            store,
+            metrics,
+            tasks,
+            shutdown,
+        }
     }
 
     /// Join the fill for `digest`, or start one fetching it from `upstream` under `repo`.
     pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Result<Source, Error> {
         let mut map = self.inflight.lock().expect("fill map lock is never poisoned");
         if let Some(fill) = map.get(digest) {
-            self.metrics.coalesced.with_label_values(&["blob", upstream.name()]).inc();
-            return Ok(Source::Fill { fill: fill.clone(), joined: true });
+            self.metrics
+                .coalesced
+                .with_label_values(&["blob", upstream.name()])
+                .inc();
+            return Ok(Source::Fill {
+                fill: fill.clone(),
+                joined: true,
+            });
         }
         // A fill that finished between the caller's store lookup and this lock.
         if self.store.contains(digest) {
@@ -129,12 +143,16 @@ impl Fills {
         let tmp = self.store.create_temp()?;
         let file = Arc::new(tmp.file().try_clone().map_err(crate::store::Error::from)?);
         let (tx, rx) = watch::channel(Progress::Connecting);
-        let fill = Arc::new(Fill { file: file.clone(), progress: rx });
+        let fill = Arc::new(Fill {
+            file: file.clone(),
+            progress: rx,
+        });
         map.insert(digest.clone(), fill.clone());
         drop(map);
         let this = self.clone();
         let digest = digest.clone();
-        self.tasks.spawn(async move { this.run(upstream, repo, digest, tmp, file, tx).await });
+        self.tasks
+            .spawn(async move { this.run(upstream, repo, digest, tmp, file, tx).await });
         Ok(Source::Fill { fill, joined: false })
     }
 
@@ -174,11 +192,17 @@ impl Fills {
                 Error::Store(_) => "store",
                 _ => "fetch",
             };
-            self.metrics.upstream_errors.with_label_values(&[upstream.name(), reason]).inc();
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[upstream.name(), reason])
+                .inc();
             tracing::warn!(upstream = upstream.name(), repo = %repo, digest = %digest, error = %e, "blob fill failed");
         }
         // Leave the map first: a request arriving now sees the committed file or starts afresh.
-        self.inflight.lock().expect("fill map lock is never poisoned").remove(&digest);
+        self.inflight
+            .lock()
+            .expect("fill map lock is never poisoned")
+            .remove(&digest);
         let _ = tx.send(match result {
             Ok(size) => Progress::Done { size },
             Err(e) => Progress::Failed(e.shared()),
@@ -202,7 +226,9 @@ async fn fetch(
     let mut resumes = 0;
     loop {
         let resp = upstream.fetch_blob(repo, digest, written).await.map_err(up_err)?;
-        let Some(resp) = resp else { return Err(Error::BlobUnknown(digest.to_string())) };
+        let Some(resp) = resp else {
+            return Err(Error::BlobUnknown(digest.to_string()));
+        };
         let resumed = written > 0;
         if resumed && resp.status() != StatusCode::PARTIAL_CONTENT {
             // The upstream ignored Range: start over (same bytes, if the digest is right).
@@ -211,7 +237,10 @@ async fn fetch(
         }
         if total.is_none() {
             total = if resp.status() == StatusCode::PARTIAL_CONTENT {
-                resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit('/').next()?.parse().ok())
+                resp.headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit('/').next()?.parse().ok())
             } else {
                 content_length(resp.headers())
             };
@@ -243,15 +272,25 @@ async fn fetch(
             break;
         }
         if total.is_some_and(|t| written > t) || resumes >= MAX_RESUMES {
-            let reason = outcome.err().unwrap_or_else(|| format!("size {written} does not match {total:?}"));
-            return Err(Error::BadContent { upstream: upstream.name().into(), reference: digest.to_string(), reason });
+            let reason = outcome
+                .err()
+                .unwrap_or_else(|| format!("size {written} does not match {total:?}"));
+            return Err(Error::BadContent {
+                upstream: upstream.name().into(),
+                reference: digest.to_string(),
+                reason,
+            });
         }
         resumes += 1;
         tracing::info!(upstream = upstream.name(), digest = %digest, offset = written, "resuming blob fill");
     }
     let actual = hasher.take().expect("hasher is present until the end").finish();
     if actual != *digest {
-        return Err(Error::BadContent { upstream: upstream.name().into(), reference: digest.to_string(), reason: format!("content hashes to {actual}") });
+        return Err(Error::BadContent {
+            upstream: upstream.name().into(),
+            reference: digest.to_string(),
+            reason: format!("content hashes to {actual}"),
+        });
     }
     Ok(written)
 }

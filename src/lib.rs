@@ -66,7 +66,8 @@ pub async fn run(
     let state = AppState::build(config.clone(), metrics.clone())?;
     let accept_stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(listener, state.clone(), accept_stop.clone()));
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
 

@@ -78,7 +78,11 @@ fn load(cli: &Cli) -> Result<Config, ExitCode> {
     })?;
     let problems = config.validate();
     for p in &problems {
-        let level = if p.severity == Severity::Error { "error" } else { "warning" };
+        let level = if p.severity == Severity::Error {
+            "error"
+        } else {
+            "warning"
+        };
         eprintln!("{level}: {}", p.message);
     }
     if problems.iter().any(|p| p.severity == Severity::Error) {
@@ -96,7 +100,9 @@ fn init_tracing(config: &Config, flag: Option<LogFormat>) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {

@@ -3,7 +3,9 @@
 //! (`upstream`, `kind`, `result`, ...): never a repository or digest.
 
 use http::HeaderMap;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every berth metric.
 pub struct Metrics {
@@ -57,13 +59,17 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("berth_http_request_duration_seconds", "Client request time to the last byte")
-                .buckets(vec![0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
+            HistogramOpts::new(
+                "berth_http_request_duration_seconds",
+                "Client request time to the last byte",
+            )
+            .buckets(vec![0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0]),
             &["kind", "cache"],
         )
         .expect("valid histogram");
         r.register(Box::new(http_duration.clone())).expect("registered once");
-        let http_inflight = IntGauge::new("berth_http_requests_inflight", "Client requests in progress").expect("valid gauge");
+        let http_inflight =
+            IntGauge::new("berth_http_requests_inflight", "Client requests in progress").expect("valid gauge");
         r.register(Box::new(http_inflight.clone())).expect("registered once");
         let build = gauge(&r, "berth_build_info", "Build information", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -73,18 +79,68 @@ impl Metrics {
             let _ = r.register(Box::new(pc));
         }
         Metrics {
-            http_requests: counter(&r, "berth_http_requests_total", "Client requests answered", &["kind", "method", "code"]),
+            http_requests: counter(
+                &r,
+                "berth_http_requests_total",
+                "Client requests answered",
+                &["kind", "method", "code"],
+            ),
             http_duration,
             http_inflight,
-            cache_lookups: counter(&r, "berth_cache_lookups_total", "Cache lookups by result", &["kind", "upstream", "result"]),
-            served_bytes: counter(&r, "berth_served_bytes_total", "Body bytes sent to clients", &["kind", "source"]),
-            upstream_fetched_bytes: counter(&r, "berth_upstream_fetched_bytes_total", "Body bytes received from upstreams", &["kind", "upstream"]),
-            upstream_requests: counter(&r, "berth_upstream_requests_total", "Requests sent to upstreams", &["upstream", "kind", "method", "code"]),
-            inflight_fills: gauge(&r, "berth_upstream_inflight_fetches", "Blob fills in progress", &["upstream"]),
-            coalesced: counter(&r, "berth_coalesced_requests_total", "Requests that joined an in-flight fetch", &["kind", "upstream"]),
-            upstream_errors: counter(&r, "berth_upstream_errors_total", "Upstream failures by reason", &["upstream", "reason"]),
-            ratelimit_limit: gauge(&r, "berth_upstream_ratelimit_limit", "Last ratelimit-limit seen", &["upstream"]),
-            ratelimit_remaining: gauge(&r, "berth_upstream_ratelimit_remaining", "Last ratelimit-remaining seen", &["upstream"]),
+            cache_lookups: counter(
+                &r,
+                "berth_cache_lookups_total",
+                "Cache lookups by result",
+                &["kind", "upstream", "result"],
+            ),
+            served_bytes: counter(
+                &r,
+                "berth_served_bytes_total",
+                "Body bytes sent to clients",
+                &["kind", "source"],
+            ),
+            upstream_fetched_bytes: counter(
+                &r,
+                "berth_upstream_fetched_bytes_total",
+                "Body bytes received from upstreams",
+                &["kind", "upstream"],
+            ),
+            upstream_requests: counter(
+                &r,
+                "berth_upstream_requests_total",
+                "Requests sent to upstreams",
+                &["upstream", "kind", "method", "code"],
+            ),
+            inflight_fills: gauge(
+                &r,
+                "berth_upstream_inflight_fetches",
+                "Blob fills in progress",
+                &["upstream"],
+            ),
+            coalesced: counter(
+                &r,
+                "berth_coalesced_requests_total",
+                "Requests that joined an in-flight fetch",
+                &["kind", "upstream"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "berth_upstream_errors_total",
+                "Upstream failures by reason",
+                &["upstream", "reason"],
+            ),
+            ratelimit_limit: gauge(
+                &r,
+                "berth_upstream_ratelimit_limit",
+                "Last ratelimit-limit seen",
+                &["upstream"],
+            ),
+            ratelimit_remaining: gauge(
+                &r,
+                "berth_upstream_ratelimit_remaining",
+                "Last ratelimit-remaining seen",
+                &["upstream"],
+            ),
             registry: r,
         }
     }
@@ -106,7 +162,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding into a Vec cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding into a Vec cannot fail");
         buf
     }
 }
@@ -125,6 +183,9 @@ mod tests {
         assert_eq!(m.ratelimit_limit.with_label_values(&["hub"]).get(), 100);
         assert_eq!(m.ratelimit_remaining.with_label_values(&["hub"]).get(), 76);
         let text = String::from_utf8(m.encode()).unwrap();
-        assert!(text.contains("berth_upstream_ratelimit_remaining{upstream=\"hub\"} 76"), "{text}");
+        assert!(
+            text.contains("berth_upstream_ratelimit_remaining{upstream=\"hub\"} 76"),
+            "{text}"
+        );
     }
 }

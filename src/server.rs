@@ -26,8 +26,16 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let service = ProxyService::new(state);
     loop {
@@ -58,7 +66,10 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
         });
     }
     drop(listener);
-    if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }
@@ -82,11 +93,14 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: C
                         *r.status_mut() = http::StatusCode::NOT_FOUND;
                         r
                     };
-                    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -57,9 +57,15 @@ pub struct AppState {
 impl AppState {
     /// Open the store (removing temp files) and build every upstream.
     pub fn build(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<AppState, String> {
-        let blobs = BlobStore::open(&config.storage.path).map_err(|e| format!("storage.path {}: {e}", config.storage.path.display()))?;
+        let blobs = BlobStore::open(&config.storage.path)
+            .map_err(|e| format!("storage.path {}: {e}", config.storage.path.display()))?;
         let tags = TagStore::new(&config.storage.path);
-        let manifests = ManifestCache::new(blobs.clone(), tags, config.cache.memory_bytes, config.cache.negative_ttl);
+        let manifests = ManifestCache::new(
+            blobs.clone(),
+            tags,
+            config.cache.memory_bytes,
+            config.cache.negative_ttl,
+        );
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();

@@ -22,8 +22,16 @@ async fn manifest_by_tag_is_served_from_cache_when_within_ttl() {
         assert_eq!(r.header("content-length"), Some(bytes.len().to_string().as_str()));
         assert_eq!(r.header("docker-distribution-api-version"), Some("registry/2.0"));
     }
-    assert_eq!(fake.hits("GET", "/v2/library/app/manifests/v1"), 1, "one upstream GET for five pulls");
-    assert_eq!(fake.hits("HEAD", "/v2/library/app/manifests/v1"), 0, "no revalidation within the TTL");
+    assert_eq!(
+        fake.hits("GET", "/v2/library/app/manifests/v1"),
+        1,
+        "one upstream GET for five pulls"
+    );
+    assert_eq!(
+        fake.hits("HEAD", "/v2/library/app/manifests/v1"),
+        0,
+        "no revalidation within the TTL"
+    );
     let h = head(&url, &[("accept", ALL)]).await;
     assert_eq!(h.status, 200);
     assert_eq!(h.header("docker-content-digest"), Some(digest.as_str()));
@@ -36,11 +44,21 @@ async fn manifest_by_tag_is_served_from_cache_when_within_ttl() {
 async fn digest_hits_never_contact_upstream_when_it_is_gone() {
     let fake = FakeRegistry::start().await;
     let layer = random_bytes(300_000);
-    let (digest, bytes) = fake.image("library/app", "v1", DOCKER_MANIFEST, &[layer.clone()]);
+    let (digest, bytes) = fake.image("library/app", "v1", DOCKER_MANIFEST, std::slice::from_ref(&layer));
     let layer_digest = sha256(&layer);
     let proxy = TestProxy::start(&fake.url(), "").await;
-    assert_eq!(get(&proxy.url(&format!("/v2/library/app/manifests/{digest}")), &[]).await.status, 200);
-    assert_eq!(get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[]).await.bytes(), &layer);
+    assert_eq!(
+        get(&proxy.url(&format!("/v2/library/app/manifests/{digest}")), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[])
+            .await
+            .bytes(),
+        &layer
+    );
     let before = fake.total_hits();
     fake.stop();
     let r = get(&proxy.url(&format!("/v2/library/app/manifests/{digest}")), &[]).await;
@@ -62,14 +80,21 @@ async fn blob_range_gets_206_and_out_of_range_gets_416() {
     assert_eq!(r.status, 206);
     assert_eq!(r.header("content-range"), Some("bytes 1-3/20"));
     assert_eq!(r.header("content-length"), Some("3"));
-    assert_eq!(r.header("docker-content-digest"), Some(d.as_str()), "full-blob digest on 206");
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(d.as_str()),
+        "full-blob digest on 206"
+    );
     assert_eq!(r.bytes(), &blob.slice(1..4));
     let r = get(&url, &[("range", "bytes=99999999999-")]).await;
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some("bytes */20"));
     assert_eq!(r.json()["errors"][0]["code"], "RANGE_INVALID");
     let h = head(&url, &[]).await;
-    assert_eq!((h.status, h.header("content-length"), h.header("content-type")), (200, Some("20"), Some("application/octet-stream")));
+    assert_eq!(
+        (h.status, h.header("content-length"), h.header("content-type")),
+        (200, Some("20"), Some("application/octet-stream"))
+    );
     assert_eq!(h.header("docker-content-digest"), Some(d.as_str()));
 }
 
@@ -79,18 +104,78 @@ async fn bad_input_gets_spec_errors_without_upstream_contact() {
     let proxy = TestProxy::start(&fake.url(), "").await;
     let d = sha256(b"x");
     let cases: Vec<(http::Method, String, u16, &str)> = vec![
-        (http::Method::GET, "/v2/Library/Nginx/manifests/latest".into(), 400, "NAME_INVALID"),
-        (http::Method::GET, "/v2/a/../../etc/manifests/latest".into(), 400, "NAME_INVALID"),
-        (http::Method::GET, format!("/v2/{}/manifests/x", "a".repeat(300)), 400, "NAME_INVALID"),
-        (http::Method::GET, "/v2/library/app/manifests/-bad".into(), 400, "TAG_INVALID"),
-        (http::Method::GET, "/v2/library/app/blobs/sha256:1234".into(), 400, "DIGEST_INVALID"),
-        (http::Method::GET, "/v2/library/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), 400, "DIGEST_INVALID"),
-        (http::Method::GET, format!("/v2/library/app/manifests/{d}?ns=evil.example"), 404, "NAME_UNKNOWN"),
-        (http::Method::GET, format!("/v2/library/app/blobs/{d}?ns=169.254.169.254"), 404, "NAME_UNKNOWN"),
-        (http::Method::PUT, "/v2/library/app/manifests/latest".into(), 405, "UNSUPPORTED"),
-        (http::Method::DELETE, format!("/v2/library/app/blobs/{d}"), 405, "UNSUPPORTED"),
-        (http::Method::POST, "/v2/library/app/blobs/uploads/".into(), 405, "UNSUPPORTED"),
-        (http::Method::GET, "/v2/_catalog?n=2147483647".into(), 405, "UNSUPPORTED"),
+        (
+            http::Method::GET,
+            "/v2/Library/Nginx/manifests/latest".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            http::Method::GET,
+            "/v2/a/../../etc/manifests/latest".into(),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            http::Method::GET,
+            format!("/v2/{}/manifests/x", "a".repeat(300)),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            http::Method::GET,
+            "/v2/library/app/manifests/-bad".into(),
+            400,
+            "TAG_INVALID",
+        ),
+        (
+            http::Method::GET,
+            "/v2/library/app/blobs/sha256:1234".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            http::Method::GET,
+            "/v2/library/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            http::Method::GET,
+            format!("/v2/library/app/manifests/{d}?ns=evil.example"),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            http::Method::GET,
+            format!("/v2/library/app/blobs/{d}?ns=169.254.169.254"),
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            http::Method::PUT,
+            "/v2/library/app/manifests/latest".into(),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            http::Method::DELETE,
+            format!("/v2/library/app/blobs/{d}"),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            http::Method::POST,
+            "/v2/library/app/blobs/uploads/".into(),
+            405,
+            "UNSUPPORTED",
+        ),
+        (
+            http::Method::GET,
+            "/v2/_catalog?n=2147483647".into(),
+            405,
+            "UNSUPPORTED",
+        ),
     ];
     for (m, path, status, code) in cases {
         let r = request(m.clone(), &proxy.url(&path), &[]).await;
@@ -117,7 +202,12 @@ async fn base_endpoint_and_probes_answer() {
 async fn bearer_tokens_are_fetched_once_and_reused() {
     let fake = FakeRegistry::start().await;
     fake.require_token("s3cret-token");
-    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(5000), random_bytes(7000)]);
+    let (digest, _) = fake.image(
+        "library/app",
+        "v1",
+        OCI_MANIFEST,
+        &[random_bytes(5000), random_bytes(7000)],
+    );
     let proxy = TestProxy::start(&fake.url(), "").await;
     let m = get(&proxy.url("/v2/library/app/manifests/v1"), &[("accept", ALL)]).await;
     assert_eq!(m.status, 200);
@@ -143,7 +233,11 @@ async fn credentials_are_not_sent_to_a_foreign_realm() {
     fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
     let pw = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(pw.path(), "hunter2\n").unwrap();
-    let proxy = TestProxy::start(&fake.url(), &format!("username = \"u\"\npassword_file = {:?}\n", pw.path())).await;
+    let proxy = TestProxy::start(
+        &fake.url(),
+        &format!("username = \"u\"\npassword_file = {:?}\n", pw.path()),
+    )
+    .await;
     let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[]).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
@@ -156,7 +250,10 @@ async fn tags_list_is_passed_through() {
     let fake = FakeRegistry::start().await;
     let proxy = TestProxy::start(&fake.url(), "").await;
     let r = get(&proxy.url("/v2/library/app/tags/list?n=10"), &[]).await;
-    assert_eq!(r.status, 404, "the fake has no tags endpoint: upstream 404 becomes NAME_UNKNOWN");
+    assert_eq!(
+        r.status, 404,
+        "the fake has no tags endpoint: upstream 404 becomes NAME_UNKNOWN"
+    );
     assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
     assert_eq!(fake.hits("GET", "/v2/library/app/tags/list"), 1);
 }

@@ -49,17 +49,36 @@ async fn blob_is_fetched_once_when_clients_race() {
         assert_eq!(r.status, 200, "client {i}");
         assert_eq!(r.bytes(), &blob, "client {i} got the exact bytes");
     }
-    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{d}")), 1, "one upstream GET for {CLIENTS} clients");
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/app/blobs/{d}")),
+        1,
+        "one upstream GET for {CLIENTS} clients"
+    );
     let m = proxy.metrics().await;
     let coalesced: u64 = m
         .lines()
         .filter(|l| l.starts_with("berth_coalesced_requests_total{kind=\"blob\""))
         .filter_map(|l| l.rsplit(" ").next()?.parse::<u64>().ok())
         .sum();
-    let hits = m.lines().filter(|l| l.starts_with("berth_cache_lookups_total{kind=\"blob\"") && l.contains("result=\"hit\"")).count();
-    assert!(coalesced as usize + hits > 0, "requests joined the fill or hit the committed blob:\n{m}");
-    assert!(m.contains("berth_upstream_inflight_fetches{upstream=\"hub\"} 0"), "no fill left running");
-    assert!(m.contains(&format!("berth_upstream_fetched_bytes_total{{kind=\"blob\",upstream=\"hub\"}} {}", blob.len())), "upstream bytes = 1x blob:\n{m}");
+    let hits = m
+        .lines()
+        .filter(|l| l.starts_with("berth_cache_lookups_total{kind=\"blob\"") && l.contains("result=\"hit\""))
+        .count();
+    assert!(
+        coalesced as usize + hits > 0,
+        "requests joined the fill or hit the committed blob:\n{m}"
+    );
+    assert!(
+        m.contains("berth_upstream_inflight_fetches{upstream=\"hub\"} 0"),
+        "no fill left running"
+    );
+    assert!(
+        m.contains(&format!(
+            "berth_upstream_fetched_bytes_total{{kind=\"blob\",upstream=\"hub\"}} {}",
+            blob.len()
+        )),
+        "upstream bytes = 1x blob:\n{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,9 +89,14 @@ async fn fill_continues_when_the_first_client_disconnects() {
     // The first client reads one frame and goes away.
     let uri: http::Uri = url.parse().unwrap();
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::get(uri.path()).header("host", "x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let req = http::Request::get(uri.path())
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
     let mut body = sender.send_request(req).await.unwrap().into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -84,7 +108,11 @@ async fn fill_continues_when_the_first_client_disconnects() {
     for r in &replies {
         assert_eq!((r.status, r.bytes()), (200, &blob));
     }
-    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{d}")), 1, "the fill was not restarted");
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/app/blobs/{d}")),
+        1,
+        "the fill was not restarted"
+    );
     assert_eq!(proxy.stored_files().len(), 1, "the blob is committed");
 }
 
@@ -96,11 +124,18 @@ async fn every_reader_gets_an_error_when_the_upstream_corrupts_the_blob() {
     let url = proxy.url(&format!("/v2/library/app/blobs/{d}"));
     let replies = race(url.clone(), CLIENTS).await;
     for (i, r) in replies.iter().enumerate() {
-        assert!(r.status != 200 || r.body.is_err(), "client {i} must not see a clean transfer");
+        assert!(
+            r.status != 200 || r.body.is_err(),
+            "client {i} must not see a clean transfer"
+        );
     }
     assert!(proxy.stored_files().is_empty(), "nothing stored");
     let r = get(&url, &[]).await;
-    assert_eq!((r.status, r.bytes()), (200, &blob), "a later request refetches and succeeds");
+    assert_eq!(
+        (r.status, r.bytes()),
+        (200, &blob),
+        "a later request refetches and succeeds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +157,10 @@ async fn range_request_is_answered_during_a_fill() {
     }
     let r = get(&url, &[("range", "bytes=100-199")]).await;
     assert_eq!(r.status, 206);
-    assert_eq!(r.header("content-range"), Some(format!("bytes 100-199/{}", blob.len()).as_str()));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 100-199/{}", blob.len()).as_str())
+    );
     assert_eq!(r.bytes(), &blob.slice(100..200));
     let tail = format!("bytes={}-", blob.len() - 10);
     let r = get(&url, &[("range", tail.as_str())]).await;
@@ -137,7 +175,10 @@ async fn manifest_fetches_are_coalesced_when_clients_race() {
     let (_, by_tag) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(100)]);
     let (digest, by_digest) = fake.image("library/other", "v2", DOCKER_MANIFEST, &[random_bytes(200)]);
     let proxy = TestProxy::start(&fake.url(), "").await;
-    let cases = [("/v2/library/app/manifests/v1".to_string(), by_tag), (format!("/v2/library/other/manifests/{digest}"), by_digest)];
+    let cases = [
+        ("/v2/library/app/manifests/v1".to_string(), by_tag),
+        (format!("/v2/library/other/manifests/{digest}"), by_digest),
+    ];
     for (path, bytes) in cases {
         let replies = race(proxy.url(&path), CLIENTS).await;
         for r in &replies {

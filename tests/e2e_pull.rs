@@ -39,12 +39,7 @@ impl Fixture {
     fn new() -> Fixture {
         let upstream = Registry::start();
         let mut rng = fastrand::Rng::new();
-        let alpha = Image::generate(
-            &mut rng,
-            Format::DockerV2,
-            "amd64",
-            &[16 * KIB, 3 * MIB, 200 * KIB],
-        );
+        let alpha = Image::generate(&mut rng, Format::DockerV2, "amd64", &[16 * KIB, 3 * MIB, 200 * KIB]);
         let beta = Image::generate(&mut rng, Format::Oci, "amd64", &[8 * KIB, MIB, 64 * KIB]);
         let gamma = Index::generate_two_platform(&mut rng, &[32 * KIB, 256 * KIB]);
         image::push_image(&upstream.addr(), ALPHA, ALPHA_TAG, &alpha);
@@ -92,30 +87,18 @@ impl Fixture {
     /// (arm64 via `--override-arch`), and checks every digest.
     fn pull_by_digest_and_verify(&self, addr: &str, round: &str) {
         let dir = self.out(&format!("{round}-alpha-digest"));
-        skopeo_copy(
-            &format!("{addr}/{ALPHA}@{}", self.alpha.manifest.digest),
-            &dir,
-            &[],
-        )
-        .assert_success(&format!("{round}: pull {ALPHA} by digest"));
+        skopeo_copy(&format!("{addr}/{ALPHA}@{}", self.alpha.manifest.digest), &dir, &[])
+            .assert_success(&format!("{round}: pull {ALPHA} by digest"));
         assert_dir_has_image(&dir, &self.alpha);
 
         let dir = self.out(&format!("{round}-beta-digest"));
-        skopeo_copy(
-            &format!("{addr}/{BETA}@{}", self.beta.manifest.digest),
-            &dir,
-            &[],
-        )
-        .assert_success(&format!("{round}: pull {BETA} by digest"));
+        skopeo_copy(&format!("{addr}/{BETA}@{}", self.beta.manifest.digest), &dir, &[])
+            .assert_success(&format!("{round}: pull {BETA} by digest"));
         assert_dir_has_image(&dir, &self.beta);
 
         let dir = self.out(&format!("{round}-gamma-digest-all"));
-        skopeo_copy(
-            &format!("{addr}/{GAMMA}@{}", self.gamma.index.digest),
-            &dir,
-            &["--all"],
-        )
-        .assert_success(&format!("{round}: pull --all {GAMMA} by index digest"));
+        skopeo_copy(&format!("{addr}/{GAMMA}@{}", self.gamma.index.digest), &dir, &["--all"])
+            .assert_success(&format!("{round}: pull --all {GAMMA} by index digest"));
         assert_dir_has_index(&dir, &self.gamma);
 
         let arm64 = self.gamma.child("arm64");
@@ -143,25 +126,15 @@ impl Fixture {
 
 /// Formats access lines for an assertion message.
 fn show(lines: &[AccessLine]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("  {}\n", l.raw))
-        .collect::<String>()
+    lines.iter().map(|l| format!("  {}\n", l.raw)).collect::<String>()
 }
 
 /// Asserts that berth fetched each blob from upstream exactly once and each manifest at
 /// most once (GET), and that it requested nothing outside the three repositories.
 fn assert_cold_pull_upstream_requests(f: &Fixture) {
     let log = f.upstream.requests_excluding_probes();
-    let pulls: Vec<AccessLine> = log
-        .iter()
-        .filter(|l| l.user_agent != "berth-e2e")
-        .cloned()
-        .collect();
-    println!(
-        "upstream requests made during the cold pull:\n{}",
-        show(&pulls)
-    );
+    let pulls: Vec<AccessLine> = log.iter().filter(|l| l.user_agent != "berth-e2e").cloned().collect();
+    println!("upstream requests made during the cold pull:\n{}", show(&pulls));
 
     for (repo, blob) in f.all_blobs() {
         let path = format!("/v2/{repo}/blobs/{}", blob.digest);
@@ -194,12 +167,7 @@ fn assert_cold_pull_upstream_requests(f: &Fixture) {
     let repos = [ALPHA, BETA, GAMMA];
     let stray: Vec<AccessLine> = pulls
         .iter()
-        .filter(|l| {
-            l.path != "/v2/"
-                && !repos
-                    .iter()
-                    .any(|r| l.path.starts_with(&format!("/v2/{r}/")))
-        })
+        .filter(|l| l.path != "/v2/" && !repos.iter().any(|r| l.path.starts_with(&format!("/v2/{r}/"))))
         .cloned()
         .collect();
     assert!(
@@ -229,8 +197,7 @@ fn upstream_serves_generated_images_with_verified_digests_when_pulled_directly()
     f.pull_by_digest_and_verify(&f.upstream.addr(), "direct");
     let blob = &f.alpha.layers[1];
     assert_eq!(
-        f.upstream
-            .count("GET", &format!("/v2/{ALPHA}/blobs/{}", blob.digest)),
+        f.upstream.count("GET", &format!("/v2/{ALPHA}/blobs/{}", blob.digest)),
         2,
         "the access log must show one GET per direct pull of the big layer"
     );
@@ -249,12 +216,8 @@ fn upstream_serves_generated_images_with_verified_digests_when_pulled_directly()
 
     // The verifier is not vacuous: one flipped byte in a pulled layer is caught.
     let dir = f.out("direct-corrupted");
-    skopeo_copy(
-        &format!("{}/{ALPHA}:{ALPHA_TAG}", f.upstream.addr()),
-        &dir,
-        &[],
-    )
-    .assert_success("direct pull to corrupt");
+    skopeo_copy(&format!("{}/{ALPHA}:{ALPHA_TAG}", f.upstream.addr()), &dir, &[])
+        .assert_success("direct pull to corrupt");
     let file = dir.join(blob.hex());
     let mut bytes = std::fs::read(&file).expect("read the pulled big layer");
     bytes[1000] ^= 0xff;
@@ -318,19 +281,9 @@ fn berth_serves_cached_images_when_restarted_while_upstream_is_stopped() {
 /// GET a blob through berth and check status, exact bytes and headers.
 fn assert_blob_get(addr: &str, repo: &str, blob: &image::Blob, when: &str) {
     let target = format!("/v2/{repo}/blobs/{}", blob.digest);
-    let r = http::get(addr, &target, &[])
-        .unwrap_or_else(|e| panic!("{when}: GET {target} through berth: {e}"));
-    assert_eq!(
-        r.status,
-        200,
-        "{when}: GET {target} status; body: {}",
-        r.text()
-    );
-    assert_eq!(
-        r.body.len(),
-        blob.size(),
-        "{when}: GET {target} body length"
-    );
+    let r = http::get(addr, &target, &[]).unwrap_or_else(|e| panic!("{when}: GET {target} through berth: {e}"));
+    assert_eq!(r.status, 200, "{when}: GET {target} status; body: {}", r.text());
+    assert_eq!(r.body.len(), blob.size(), "{when}: GET {target} body length");
     assert!(
         r.body == blob.data,
         "{when}: GET {target} body bytes differ from upstream"
@@ -364,9 +317,7 @@ fn berth_blob_get_returns_exact_bytes_and_headers_when_cold_and_when_cached() {
     assert_blob_get(&berth.addr(), ALPHA, big, "cold");
     assert_blob_get(&berth.addr(), ALPHA, big, "cached");
     assert_blob_get(&berth.addr(), ALPHA, &f.alpha.config, "cold config");
-    let gets = f
-        .upstream
-        .count("GET", &format!("/v2/{ALPHA}/blobs/{}", big.digest));
+    let gets = f.upstream.count("GET", &format!("/v2/{ALPHA}/blobs/{}", big.digest));
     assert_eq!(
         gets,
         1,
@@ -398,13 +349,11 @@ fn assert_manifest_head_and_get(addr: &str, repo: &str, reference: &str, manifes
         );
     };
 
-    let head = http::head(addr, &target, &accept)
-        .unwrap_or_else(|e| panic!("HEAD {target} through berth: {e}"));
+    let head = http::head(addr, &target, &accept).unwrap_or_else(|e| panic!("HEAD {target} through berth: {e}"));
     check(&head, "HEAD");
     assert!(head.body.is_empty(), "HEAD {target} must have no body");
 
-    let get = http::get(addr, &target, &accept)
-        .unwrap_or_else(|e| panic!("GET {target} through berth: {e}"));
+    let get = http::get(addr, &target, &accept).unwrap_or_else(|e| panic!("GET {target} through berth: {e}"));
     check(&get, "GET");
     assert!(
         get.body == manifest.data,
@@ -413,13 +362,10 @@ fn assert_manifest_head_and_get(addr: &str, repo: &str, reference: &str, manifes
         String::from_utf8_lossy(&manifest.data)
     );
 
-    let head_again = http::head(addr, &target, &accept)
-        .unwrap_or_else(|e| panic!("second HEAD {target} through berth: {e}"));
+    let head_again =
+        http::head(addr, &target, &accept).unwrap_or_else(|e| panic!("second HEAD {target} through berth: {e}"));
     check(&head_again, "second HEAD");
-    assert!(
-        head_again.body.is_empty(),
-        "HEAD {target} must have no body"
-    );
+    assert!(head_again.body.is_empty(), "HEAD {target} must have no body");
 }
 
 #[test]
@@ -427,21 +373,11 @@ fn berth_manifest_head_carries_get_headers_without_body_when_by_tag_and_by_diges
     let f = Fixture::new();
     let berth = Berth::start(&f.upstream.url());
     assert_manifest_head_and_get(&berth.addr(), ALPHA, ALPHA_TAG, &f.alpha.manifest);
-    assert_manifest_head_and_get(
-        &berth.addr(),
-        ALPHA,
-        &f.alpha.manifest.digest,
-        &f.alpha.manifest,
-    );
+    assert_manifest_head_and_get(&berth.addr(), ALPHA, &f.alpha.manifest.digest, &f.alpha.manifest);
     assert_manifest_head_and_get(&berth.addr(), BETA, BETA_TAG, &f.beta.manifest);
     assert_manifest_head_and_get(&berth.addr(), GAMMA, GAMMA_TAG, &f.gamma.index);
     let amd64 = f.gamma.child("amd64");
-    assert_manifest_head_and_get(
-        &berth.addr(),
-        GAMMA,
-        &amd64.manifest.digest,
-        &amd64.manifest,
-    );
+    assert_manifest_head_and_get(&berth.addr(), GAMMA, &amd64.manifest.digest, &amd64.manifest);
     let blob_requests: Vec<AccessLine> = f
         .upstream
         .requests_excluding_probes()

@@ -57,7 +57,11 @@ async fn a_reset_mid_body_is_resumed_with_range_and_verified() {
     let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.bytes(), &blob, "the client gets every byte once");
-    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{d}")), 2, "one resumed request");
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/app/blobs/{d}")),
+        2,
+        "one resumed request"
+    );
     assert_eq!(proxy.stored_files().len(), 1);
 }
 
@@ -77,11 +81,19 @@ async fn a_resume_that_is_not_honoured_restarts_and_still_verifies() {
 async fn bad_manifests_are_refused_and_not_stored() {
     let fake = FakeRegistry::start().await;
     let proxy = TestProxy::start(&fake.url(), "").await;
-    let good = Bytes::from(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#);
+    let good = Bytes::from(
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#,
+    );
     let good_digest = sha256(&good);
     // 1. Served under a digest it does not hash to.
-    let evil = Bytes::from(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"x":1},"layers":[]}"#);
-    fake.state.manifests.lock().unwrap().insert(("library/a".into(), good_digest.clone()), (OCI_MANIFEST.into(), evil));
+    let evil = Bytes::from(
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"x":1},"layers":[]}"#,
+    );
+    fake.state
+        .manifests
+        .lock()
+        .unwrap()
+        .insert(("library/a".into(), good_digest.clone()), (OCI_MANIFEST.into(), evil));
     // 2. Over 4 MiB.
     let mut big = br#"{"schemaVersion":2,"config":{},"layers":[],"pad":""#.to_vec();
     big.extend(std::iter::repeat_n(b'x', 5 << 20));
@@ -91,7 +103,12 @@ async fn bad_manifests_are_refused_and_not_stored() {
     let ambiguous = Bytes::from(r#"{"schemaVersion":2,"manifests":[],"layers":[]}"#);
     fake.put_manifest("library/c", Some("amb"), OCI_MANIFEST, ambiguous);
     // 4. An HTML page.
-    fake.put_manifest("library/d", Some("html"), OCI_MANIFEST, Bytes::from("<html>captive portal</html>"));
+    fake.put_manifest(
+        "library/d",
+        Some("html"),
+        OCI_MANIFEST,
+        Bytes::from("<html>captive portal</html>"),
+    );
     for path in [
         format!("/v2/library/a/manifests/{good_digest}"),
         "/v2/library/b/manifests/big".to_string(),
@@ -126,7 +143,10 @@ async fn upstream_statuses_map_to_clear_errors_when_nothing_is_cached() {
         assert_eq!(r.status, status, "{fault:?}");
         assert_eq!(r.json()["errors"][0]["code"], code, "{fault:?}");
         assert_eq!(r.header("retry-after"), retry_after, "{fault:?}");
-        assert!(started.elapsed() < Duration::from_secs(30), "bounded by the configured timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bounded by the configured timeout"
+        );
     }
 }
 
@@ -146,8 +166,18 @@ async fn redirects_are_followed_without_leaking_to_private_hosts() {
     // A host name that resolves to loopback but is not configured: refused.
     let d2 = fake.put_blob(random_bytes(5000));
     cdn.put_blob(random_bytes(5000));
-    fake.fault(&d2, Fault::Redirect(format!("http://localhost:{}/v2/library/app/blobs/{d2}", cdn.addr.port())));
+    fake.fault(
+        &d2,
+        Fault::Redirect(format!(
+            "http://localhost:{}/v2/library/app/blobs/{d2}",
+            cdn.addr.port()
+        )),
+    );
     let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d2}")), &[]).await;
     assert_eq!(r.status, 502);
-    assert_eq!(cdn.hits("GET", &format!("/v2/library/app/blobs/{d2}")), 0, "private host never dialled");
+    assert_eq!(
+        cdn.hits("GET", &format!("/v2/library/app/blobs/{d2}")),
+        0,
+        "private host never dialled"
+    );
 }

@@ -20,15 +20,30 @@ use crate::upstream::Upstream;
 type Chunks = mpsc::Receiver<std::io::Result<bytes::Bytes>>;
 
 /// Answer a blob request.
-pub async fn get(state: &AppState, req: &RequestInfo, up: Arc<Upstream>, repo: RepoName, digest: Digest) -> Result<Response<Body>> {
-    let lookup = |result: &str| state.metrics.cache_lookups.with_label_values(&["blob", up.name(), result]).inc();
+pub async fn get(
+    state: &AppState,
+    req: &RequestInfo,
+    up: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+) -> Result<Response<Body>> {
+    let lookup = |result: &str| {
+        state
+            .metrics
+            .cache_lookups
+            .with_label_values(&["blob", up.name(), result])
+            .inc()
+    };
     if let Some(resp) = serve_committed(state, req, &digest)? {
         lookup("hit");
         return Ok(resp);
     }
     if req.is_head {
         lookup("miss");
-        let size = up.head_blob(&repo, &digest).await.map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
+        let size = up
+            .head_blob(&repo, &digest)
+            .await
+            .map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
         return respond(&digest, size, req, "miss", |_, _| unreachable_reader());
     }
@@ -47,9 +62,14 @@ pub async fn get(state: &AppState, req: &RequestInfo, up: Arc<Upstream>, repo: R
 }
 
 fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Result<Option<Response<Body>>> {
-    let Some((file, size)) = state.blobs.open_blob(digest)? else { return Ok(None) };
+    let Some((file, size)) = state.blobs.open_blob(digest)? else {
+        return Ok(None);
+    };
     let file = Arc::new(file);
-    respond(digest, Some(size), req, "hit", |start, len| read_file(file, start, len, None)).map(Some)
+    respond(digest, Some(size), req, "hit", |start, len| {
+        read_file(file, start, len, None)
+    })
+    .map(Some)
 }
 
 /// HEAD never reads, so its reader is never called; an empty channel keeps the types simple.
@@ -74,14 +94,21 @@ fn respond(
             RangeDecision::Unsatisfiable => return Err(Error::RangeNotSatisfiable { size }),
         },
     };
-    let body = if req.is_head { body::empty() } else { body::channel(read(start, len), len) };
+    let body = if req.is_head {
+        body::empty()
+    } else {
+        body::channel(read(start, len), len)
+    };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     // Spec ambiguity on 206: keep the full blob's digest, as distribution and spegel do.
     let d = HeaderValue::from_str(&digest.to_string()).expect("digests are valid header text");
-    h.insert(ETAG, HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are valid header text"));
+    h.insert(
+        ETAG,
+        HeaderValue::from_str(&format!("\"{digest}\"")).expect("digests are valid header text"),
+    );
     h.insert("docker-content-digest", d);
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
@@ -90,7 +117,10 @@ fn respond(
     }
     if let (StatusCode::PARTIAL_CONTENT, Some(size), Some(len)) = (status, size, len) {
         let v = format!("bytes {start}-{}/{size}", start + len - 1);
-        h.insert(CONTENT_RANGE, HeaderValue::from_str(&v).expect("digits are valid header text"));
+        h.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&v).expect("digits are valid header text"),
+        );
     }
     resp.extensions_mut().insert(CacheStatus(cache));
     Ok(resp)

@@ -25,24 +25,42 @@ fn all_types() -> Vec<HeaderValue> {
 }
 
 /// Answer a manifest request.
-pub async fn get(state: &AppState, req: &RequestInfo, up: Arc<Upstream>, repo: RepoName, reference: Reference) -> Result<Response<Body>> {
+pub async fn get(
+    state: &AppState,
+    req: &RequestInfo,
+    up: Arc<Upstream>,
+    repo: RepoName,
+    reference: Reference,
+) -> Result<Response<Body>> {
     let (m, cache) = match &reference {
         Reference::Digest(d) => by_digest(state, &up, &repo, d).await?,
         Reference::Tag(t) => by_tag(state, &up, &repo, t).await?,
     };
-    state.metrics.cache_lookups.with_label_values(&["manifest", up.name(), cache]).inc();
+    state
+        .metrics
+        .cache_lookups
+        .with_label_values(&["manifest", up.name(), cache])
+        .inc();
     if m.media_type.is_accepted_by(req.accept_strs()) {
         return Ok(respond(&m, req.is_head, cache));
     }
     // A digest names exact bytes: no other representation exists.
     if let Reference::Digest(_) = reference {
-        return Err(Error::ManifestUnknown(format!("{reference} is a {}, which the client does not accept", m.media_type)));
+        return Err(Error::ManifestUnknown(format!(
+            "{reference} is a {}, which the client does not accept",
+            m.media_type
+        )));
     }
     let m = negotiate(state, &up, &repo, &reference, req).await?;
     Ok(respond(&m, req.is_head, "miss"))
 }
 
-async fn by_digest(state: &AppState, up: &Arc<Upstream>, repo: &RepoName, d: &Digest) -> Result<(Arc<Manifest>, &'static str)> {
+async fn by_digest(
+    state: &AppState,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    d: &Digest,
+) -> Result<(Arc<Manifest>, &'static str)> {
     if let Some(m) = state.manifests.load(d).await? {
         return Ok((m, "hit"));
     }
@@ -50,7 +68,12 @@ async fn by_digest(state: &AppState, up: &Arc<Upstream>, repo: &RepoName, d: &Di
 }
 
 /// Fetch, verify and store a manifest by digest; concurrent calls share one upstream GET.
-async fn fetch_by_digest(state: &AppState, up: &Arc<Upstream>, repo: &RepoName, d: &Digest) -> Result<(Arc<Manifest>, &'static str)> {
+async fn fetch_by_digest(
+    state: &AppState,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    d: &Digest,
+) -> Result<(Arc<Manifest>, &'static str)> {
     let key = FlightKey::Digest(up.name().to_string(), d.clone());
     let (st, up2, repo2, d2) = (state.clone(), up.clone(), repo.clone(), d.clone());
     let work = async move {
@@ -64,30 +87,61 @@ async fn fetch_by_digest(state: &AppState, up: &Arc<Upstream>, repo: &RepoName, 
     joined_result(state, up, "manifest", state.flights.run(key, flight(work)).await)
 }
 
-async fn by_tag(state: &AppState, up: &Arc<Upstream>, repo: &RepoName, tag: &Tag) -> Result<(Arc<Manifest>, &'static str)> {
-    let key = TagKey { upstream: up.name().to_string(), repo: repo.clone(), tag: tag.clone() };
+async fn by_tag(
+    state: &AppState,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    tag: &Tag,
+) -> Result<(Arc<Manifest>, &'static str)> {
+    let key = TagKey {
+        upstream: up.name().to_string(),
+        repo: repo.clone(),
+        tag: tag.clone(),
+    };
     let rec = state.manifests.tag(&key)?;
     if let Some(r) = &rec {
-        let f = freshness(r.checked_at, SystemTime::now(), up.manifest_ttl(), state.config.cache.stale_if_error);
+        let f = freshness(
+            r.checked_at,
+            SystemTime::now(),
+            up.manifest_ttl(),
+            state.config.cache.stale_if_error,
+        );
         if f == Freshness::Fresh {
             if let Some(m) = state.manifests.load(&r.digest).await? {
                 return Ok((m, "hit"));
             }
         }
     } else if state.manifests.is_known_missing(&key) {
-        state.metrics.cache_lookups.with_label_values(&["manifest", up.name(), "negative"]).inc();
+        state
+            .metrics
+            .cache_lookups
+            .with_label_values(&["manifest", up.name(), "negative"])
+            .inc();
         return Err(Error::ManifestUnknown(format!("{repo}:{tag}")));
     }
     let work = revalidate(state.clone(), up.clone(), key.clone(), rec);
-    joined_result(state, up, "manifest", state.flights.run(FlightKey::Tag(key), flight(work)).await)
+    joined_result(
+        state,
+        up,
+        "manifest",
+        state.flights.run(FlightKey::Tag(key), flight(work)).await,
+    )
 }
 
 /// Ask upstream about a tag: HEAD when berth has a record, GET otherwise (or when the HEAD
 /// carried no digest). Serves the stale record when the upstream fails within `stale_if_error`.
-async fn revalidate(state: AppState, up: Arc<Upstream>, key: TagKey, rec: Option<TagRecord>) -> Result<(Arc<Manifest>, &'static str)> {
+async fn revalidate(
+    state: AppState,
+    up: Arc<Upstream>,
+    key: TagKey,
+    rec: Option<TagRecord>,
+) -> Result<(Arc<Manifest>, &'static str)> {
     let now = SystemTime::now();
     let stale = match &rec {
-        Some(r) if freshness(r.checked_at, now, up.manifest_ttl(), state.config.cache.stale_if_error) != Freshness::Expired => {
+        Some(r)
+            if freshness(r.checked_at, now, up.manifest_ttl(), state.config.cache.stale_if_error)
+                != Freshness::Expired =>
+        {
             state.manifests.load(&r.digest).await?
         }
         _ => None,
@@ -136,19 +190,31 @@ async fn revalidate(state: AppState, up: Arc<Upstream>, key: TagKey, rec: Option
 }
 
 async fn save_tag(state: &AppState, key: &TagKey, m: &Manifest, now: SystemTime) -> Result<()> {
-    let rec = TagRecord { digest: m.digest.clone(), media_type: m.media_type.clone(), checked_at: now };
+    let rec = TagRecord {
+        digest: m.digest.clone(),
+        media_type: m.media_type.clone(),
+        checked_at: now,
+    };
     Ok(state.manifests.set_tag(key, rec).await?)
 }
 
 /// The client accepts none of the stored type: ask upstream with the client's own `Accept`
 /// (not coalesced, not moving the tag), verify and store what comes back by digest.
-async fn negotiate(state: &AppState, up: &Upstream, repo: &RepoName, reference: &Reference, req: &RequestInfo) -> Result<Arc<Manifest>> {
+async fn negotiate(
+    state: &AppState,
+    up: &Upstream,
+    repo: &RepoName,
+    reference: &Reference,
+    req: &RequestInfo,
+) -> Result<Arc<Manifest>> {
     let fetched = up.fetch_manifest(repo, &reference.to_string(), &req.accept).await;
     let fetched = fetched.map_err(|e| Error::from_upstream(up.name(), repo, e))?;
     let fetched = fetched.ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
     let m = Arc::new(verify(up, &reference.to_string(), fetched, None)?);
     if !m.media_type.is_accepted_by(req.accept_strs()) {
-        return Err(Error::ManifestUnknown(format!("{reference}: no representation the client accepts")));
+        return Err(Error::ManifestUnknown(format!(
+            "{reference}: no representation the client accepts"
+        )));
     }
     state.manifests.store(m.clone()).await?;
     Ok(m)
@@ -157,7 +223,11 @@ async fn negotiate(state: &AppState, up: &Upstream, repo: &RepoName, reference: 
 /// Check an upstream manifest: its digest (against the requested one and the upstream's own
 /// header), and its type and structure. The digest served is always the one computed here.
 fn verify(up: &Upstream, reference: &str, f: FetchedManifest, expected: Option<&Digest>) -> Result<Manifest> {
-    let bad = |reason: String| Error::BadContent { upstream: up.name().to_string(), reference: reference.to_string(), reason };
+    let bad = |reason: String| Error::BadContent {
+        upstream: up.name().to_string(),
+        reference: reference.to_string(),
+        reason,
+    };
     let alg = expected.map_or(Algorithm::Sha256, Digest::algorithm);
     let digest = Digest::of(alg, &f.bytes);
     if let Some(e) = expected {
@@ -166,20 +236,30 @@ fn verify(up: &Upstream, reference: &str, f: FetchedManifest, expected: Option<&
         }
     }
     if let Some(claimed) = f.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
-        let ours = if claimed.algorithm() == alg { digest.clone() } else { Digest::of(claimed.algorithm(), &f.bytes) };
+        let ours = if claimed.algorithm() == alg {
+            digest.clone()
+        } else {
+            Digest::of(claimed.algorithm(), &f.bytes)
+        };
         if claimed != ours {
-            return Err(bad(format!("Docker-Content-Digest {claimed} does not match the content")));
+            return Err(bad(format!(
+                "Docker-Content-Digest {claimed} does not match the content"
+            )));
         }
     }
     let media_type = inspect_manifest(&f.bytes, f.content_type.as_deref()).map_err(|e| bad(e.to_string()))?;
-    Ok(Manifest { digest, media_type, bytes: f.bytes })
+    Ok(Manifest {
+        digest,
+        media_type,
+        bytes: f.bytes,
+    })
 }
 
-fn flight<F>(work: F) -> impl std::future::Future<Output = FlightResult> + Send + 'static
+async fn flight<F>(work: F) -> FlightResult
 where
     F: std::future::Future<Output = Result<(Arc<Manifest>, &'static str)>> + Send + 'static,
 {
-    async move { work.await.map_err(Error::shared) }
+    work.await.map_err(Error::shared)
 }
 
 fn joined_result(
@@ -197,12 +277,22 @@ fn joined_result(
 }
 
 fn respond(m: &Manifest, is_head: bool, cache: &'static str) -> Response<Body> {
-    let mut resp = Response::new(if is_head { body::empty() } else { body::full(m.bytes.clone()) });
+    let mut resp = Response::new(if is_head {
+        body::empty()
+    } else {
+        body::full(m.bytes.clone())
+    });
     let digest = HeaderValue::from_str(&m.digest.to_string()).expect("digests are valid header text");
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_str(m.media_type.as_str()).expect("media types are valid header text"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(m.media_type.as_str()).expect("media types are valid header text"),
+    );
     h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
-    h.insert(ETAG, HeaderValue::from_str(&format!("\"{}\"", m.digest)).expect("digests are valid header text"));
+    h.insert(
+        ETAG,
+        HeaderValue::from_str(&format!("\"{}\"", m.digest)).expect("digests are valid header text"),
+    );
     h.insert("docker-content-digest", digest);
     resp.extensions_mut().insert(CacheStatus(cache));
     resp

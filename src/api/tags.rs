@@ -14,7 +14,11 @@ const MAX_TAG_LIST_BYTES: usize = 4 << 20;
 /// Ask the upstream for the tag list of `repo`.
 pub async fn get(up: &Upstream, repo: &RepoName, query: &[(String, String)], is_head: bool) -> Result<Response<Body>> {
     let fail = |e| Error::from_upstream(up.name(), repo, e);
-    let resp = up.fetch_tags(repo, query).await.map_err(fail)?.ok_or_else(|| Error::NameUnknown(repo.to_string()))?;
+    let resp = up
+        .fetch_tags(repo, query)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| Error::NameUnknown(repo.to_string()))?;
     let link = resp.headers().get(LINK).cloned();
     let bytes = read_capped(resp.into_body(), MAX_TAG_LIST_BYTES).await.map_err(fail)?;
     let len = bytes.len();

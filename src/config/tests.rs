@@ -10,7 +10,11 @@ default = true
 "#;
 
 fn errors(c: &Config) -> Vec<String> {
-    c.validate().into_iter().filter(|p| p.severity == Severity::Error).map(|p| p.message).collect()
+    c.validate()
+        .into_iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.message)
+        .collect()
 }
 
 #[test]
@@ -26,12 +30,24 @@ fn config_is_refused_when_it_has_problems() {
     let cases: &[(&str, &str)] = &[
         ("[bogus]\nx = 1\n", "unknown field"),
         ("[cache]\nmanifest_ttl = \"ten\"\n", "invalid duration"),
-        ("[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"ghcr.io\"]\ndefault = true\n", "exactly one upstream"),
-        ("[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"docker.io\"]\n", "used by both"),
+        (
+            "[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"ghcr.io\"]\ndefault = true\n",
+            "exactly one upstream",
+        ),
+        (
+            "[upstreams.ghcr]\nurl = \"https://ghcr.io\"\naliases = [\"docker.io\"]\n",
+            "used by both",
+        ),
         ("[upstreams.x]\nurl = \"ftp://x.io\"\n", "must be http(s)"),
         ("[upstreams.x]\nurl = \"https://x.io/v2\"\n", "must not have a path"),
-        ("[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\n", "go together"),
-        ("[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n", "cannot read password_file"),
+        (
+            "[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\n",
+            "go together",
+        ),
+        (
+            "[upstreams.x]\nurl = \"https://x.io\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+            "cannot read password_file",
+        ),
         ("[upstreams.x]\nurl = \"https://x.io\"\nfoo = 1\n", "unknown field"),
     ];
     for (extra, want) in cases {
@@ -46,9 +62,16 @@ fn config_is_refused_when_it_has_problems() {
 
 #[test]
 fn alias_without_a_dot_is_a_warning() {
-    let c = Config::from_toml_str(&format!("{BASE}[upstreams.x]\nurl = \"https://x.io\"\naliases = [\"myorg\"]\n")).unwrap();
+    let c = Config::from_toml_str(&format!(
+        "{BASE}[upstreams.x]\nurl = \"https://x.io\"\naliases = [\"myorg\"]\n"
+    ))
+    .unwrap();
     let p = c.validate();
-    assert!(p.iter().any(|p| p.severity == Severity::Warning && p.message.contains("no dot")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|p| p.severity == Severity::Warning && p.message.contains("no dot")),
+        "{p:?}"
+    );
     assert!(errors(&c).is_empty());
 }
 
@@ -60,7 +83,10 @@ fn env_overrides_replace_and_add_keys() {
     let env = vec![
         ("BERTH_CACHE__MANIFEST_TTL".to_string(), "5s".to_string()),
         ("BERTH_SERVER__MAX_CONNECTIONS".to_string(), "7".to_string()),
-        ("BERTH_UPSTREAMS__HUB__URL".to_string(), "http://127.0.0.1:1".to_string()),
+        (
+            "BERTH_UPSTREAMS__HUB__URL".to_string(),
+            "http://127.0.0.1:1".to_string(),
+        ),
         ("BERTH_CONFIG".to_string(), "ignored".to_string()),
         ("OTHER".to_string(), "x".to_string()),
     ];

@@ -60,7 +60,11 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
     let info = RequestInfo {
         is_head: method == Method::HEAD,
         accept: req.headers().get_all(ACCEPT).iter().cloned().collect(),
-        range: req.headers().get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_string),
+        range: req
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     drop(req);
     let route = route::parse(&method, &path);
@@ -84,14 +88,27 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
         }
         e.to_response(info.is_head)
     });
-    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     if query.ns.is_some() && matches!(kind, "manifest" | "blob" | "tag_list") {
         if let Some(ns) = query.ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
             resp.headers_mut().insert("oci-namespace", ns);
         }
     }
     let cache = resp.extensions().get::<CacheStatus>().map_or("none", |c| c.0);
-    let log = AccessLog { metrics: state.metrics.clone(), method, path, status: resp.status(), kind, cache, start, bytes: 0, complete: false };
+    let log = AccessLog {
+        metrics: state.metrics.clone(),
+        method,
+        path,
+        status: resp.status(),
+        kind,
+        cache,
+        start,
+        bytes: 0,
+        complete: false,
+    };
     resp.map(|b| LoggedBody { inner: b, log }.boxed_unsync())
 }
 
@@ -124,7 +141,8 @@ async fn dispatch(state: &AppState, route: Route, query: &Query, info: &RequestI
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
@@ -149,10 +167,16 @@ impl Drop for AccessLog {
             return;
         }
         let secs = self.start.elapsed().as_secs_f64();
-        m.http_requests.with_label_values(&[self.kind, self.method.as_str(), self.status.as_str()]).inc();
-        m.http_duration.with_label_values(&[self.kind, self.cache]).observe(secs);
+        m.http_requests
+            .with_label_values(&[self.kind, self.method.as_str(), self.status.as_str()])
+            .inc();
+        m.http_duration
+            .with_label_values(&[self.kind, self.cache])
+            .observe(secs);
         let source = if self.cache == "hit" { "cache" } else { "upstream" };
-        m.served_bytes.with_label_values(&[self.kind, source]).inc_by(self.bytes);
+        m.served_bytes
+            .with_label_values(&[self.kind, source])
+            .inc_by(self.bytes);
         tracing::info!(
             method = %self.method,
             path = %self.path,

@@ -42,11 +42,16 @@ pub fn decide(header: Option<&str>, size: u64) -> RangeDecision {
         (true, false) => match num(last) {
             Some(0) => RangeDecision::Unsatisfiable,
             Some(_) if size == 0 => RangeDecision::Unsatisfiable,
-            Some(n) => RangeDecision::Partial { start: size.saturating_sub(n), end: size - 1 },
+            Some(n) => RangeDecision::Partial {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
             None => RangeDecision::Full,
         },
         (false, _) => {
-            let Some(start) = num(first) else { return RangeDecision::Full };
+            let Some(start) = num(first) else {
+                return RangeDecision::Full;
+            };
             let end = if last.is_empty() {
                 None
             } else {

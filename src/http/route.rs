@@ -155,7 +155,11 @@ mod tests {
             (M::GET, "/livez".into(), Ok("live")),
             (M::GET, "/readyz".into(), Ok("ready")),
             (M::GET, "/v2/library/alpine/manifests/3.20".into(), Ok("manifest-tag")),
-            (M::HEAD, format!("/v2/library/alpine/manifests/{D}"), Ok("manifest-digest")),
+            (
+                M::HEAD,
+                format!("/v2/library/alpine/manifests/{D}"),
+                Ok("manifest-digest"),
+            ),
             (M::GET, format!("/v2/library/alpine/blobs/{D}"), Ok("blob")),
             (M::GET, "/v2/a/manifests/b/manifests/c".into(), Ok("manifest-tag")),
             (M::GET, "/v2/ghcr.io/org/app/tags/list".into(), Ok("tags")),
@@ -168,8 +172,16 @@ mod tests {
             (M::GET, "/v2/a/manifests/.hidden".into(), Err("TAG_INVALID")),
             (M::GET, "/v2/a/manifests/sha256:abc".into(), Err("DIGEST_INVALID")),
             (M::GET, "/v2/a/blobs/latest".into(), Err("DIGEST_INVALID")),
-            (M::GET, "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), Err("DIGEST_INVALID")),
-            (M::GET, format!("/v2/{}/manifests/x", "a".repeat(300)), Err("NAME_INVALID")),
+            (
+                M::GET,
+                "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(),
+                Err("DIGEST_INVALID"),
+            ),
+            (
+                M::GET,
+                format!("/v2/{}/manifests/x", "a".repeat(300)),
+                Err("NAME_INVALID"),
+            ),
             (M::PUT, "/v2/a/manifests/latest".into(), Err("UNSUPPORTED")),
             (M::DELETE, format!("/v2/a/manifests/{D}"), Err("UNSUPPORTED")),
             (M::DELETE, format!("/v2/a/blobs/{D}"), Err("UNSUPPORTED")),
@@ -190,8 +202,14 @@ mod tests {
     fn query_keeps_ns_apart_and_decodes() {
         let q = parse_query(Some("ns=Docker.IO&n=10&last=a%2Fb"));
         assert_eq!(q.ns.as_deref(), Some("docker.io"));
-        assert_eq!(q.passthrough, vec![("n".into(), "10".into()), ("last".into(), "a/b".into())]);
+        assert_eq!(
+            q.passthrough,
+            vec![("n".into(), "10".into()), ("last".into(), "a/b".into())]
+        );
         assert_eq!(parse_query(None), Query::default());
-        assert_eq!(parse_query(Some("x=%zz%")).passthrough, vec![("x".into(), "%zz%".into())]);
+        assert_eq!(
+            parse_query(Some("x=%zz%")).passthrough,
+            vec![("x".into(), "%zz%".into())]
+        );
     }
 }

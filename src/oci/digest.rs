@@ -90,9 +90,9 @@ impl FromStr for Digest {
         let (alg, enc) = s.split_once(':').ok_or(DigestError::Malformed)?;
         // image-spec: algorithm-component [a-z0-9]+ joined by [+._-]; encoded [a-zA-Z0-9=_-]+
         let alg_ok = !alg.is_empty()
-            && alg.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
+            && alg
+                .split(['+', '.', '_', '-'])
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         let enc_ok = !enc.is_empty()
             && enc
                 .bytes()
@@ -106,12 +106,15 @@ impl FromStr for Digest {
             other => return Err(DigestError::Unsupported(other.to_string())),
         };
         // image-spec: "[A-F] MUST NOT be used".
-        let hex_ok = enc.len() == algorithm.hex_len()
-            && enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex_ok =
+            enc.len() == algorithm.hex_len() && enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(DigestError::BadEncoding);
         }
-        Ok(Digest { algorithm, hex: enc.to_string() })
+        Ok(Digest {
+            algorithm,
+            hex: enc.to_string(),
+        })
     }
 }
 
@@ -172,8 +175,14 @@ mod tests {
             ("sha256:../../etc".into(), Err(DigestError::Malformed)),
             ("sha256".into(), Err(DigestError::Malformed)),
             (format!(":{H64}"), Err(DigestError::Malformed)),
-            ("md5:d41d8cd98f00b204e9800998ecf8427e".into(), Err(DigestError::Unsupported("md5".into()))),
-            (format!("sha384:{}", "a".repeat(96)), Err(DigestError::Unsupported("sha384".into()))),
+            (
+                "md5:d41d8cd98f00b204e9800998ecf8427e".into(),
+                Err(DigestError::Unsupported("md5".into())),
+            ),
+            (
+                format!("sha384:{}", "a".repeat(96)),
+                Err(DigestError::Unsupported("sha384".into())),
+            ),
             (format!("blake3:{H64}"), Err(DigestError::Unsupported("blake3".into()))),
             (format!("sha256:{}/x", &H64[..60]), Err(DigestError::Malformed)),
             ("baddigeststring".into(), Err(DigestError::Malformed)),

@@ -106,7 +106,10 @@ pub fn inspect_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Medi
     };
     let media = match (&field, &header) {
         (Some(f), Some(h)) if f != h && h.as_str() != "application/json" => {
-            return Err(ManifestError::TypeMismatch { field: f.0.clone(), header: h.0.clone() })
+            return Err(ManifestError::TypeMismatch {
+                field: f.0.clone(),
+                header: h.0.clone(),
+            })
         }
         (Some(f), _) => f.clone(),
         (None, Some(h)) if MANIFEST_TYPES.contains(&h.as_str()) => h.clone(),
@@ -115,7 +118,11 @@ pub fn inspect_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Medi
     if !MANIFEST_TYPES.contains(&media.as_str()) {
         return Err(ManifestError::UnknownType(media.0));
     }
-    let fits = if media.is_index() { has_manifests && !has_image_parts } else { has_image_parts && !has_manifests };
+    let fits = if media.is_index() {
+        has_manifests && !has_image_parts
+    } else {
+        has_image_parts && !has_manifests
+    };
     if !fits {
         return Err(ManifestError::Ambiguous(media.0));
     }
@@ -154,7 +161,11 @@ mod tests {
             (man, Some(OCI_INDEX), Err(())),
             (both, Some(OCI_INDEX), Err(())),
             (both, None, Err(())),
-            (v1, Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), Err(())),
+            (
+                v1,
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                Err(()),
+            ),
             (b"<html>", Some(OCI_MANIFEST), Err(())),
             (b"[]", Some(OCI_MANIFEST), Err(())),
         ];
@@ -162,7 +173,11 @@ mod tests {
             let got = inspect_manifest(body, *ct);
             match want {
                 Ok(t) => assert_eq!(got.as_ref().map(|m| m.as_str()), Ok(*t), "{ct:?}"),
-                Err(()) => assert!(got.is_err(), "must refuse {:?} as {ct:?}", String::from_utf8_lossy(body)),
+                Err(()) => assert!(
+                    got.is_err(),
+                    "must refuse {:?} as {ct:?}",
+                    String::from_utf8_lossy(body)
+                ),
             }
         }
     }

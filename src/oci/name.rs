@@ -115,7 +115,9 @@ impl FromStr for Tag {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
         let first_ok = b.first().is_some_and(|&x| x.is_ascii_alphanumeric() || x == b'_');
-        let rest_ok = b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+        let rest_ok = b
+            .iter()
+            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
         if !first_ok || !rest_ok || b.len() > MAX_TAG_LEN {
             return Err(NameError::InvalidTag);
         }
@@ -223,9 +225,15 @@ mod tests {
     #[test]
     fn reference_with_colon_is_a_digest_or_invalid() {
         let hex = "a".repeat(64);
-        assert!(matches!(format!("sha256:{hex}").parse::<Reference>(), Ok(Reference::Digest(_))));
+        assert!(matches!(
+            format!("sha256:{hex}").parse::<Reference>(),
+            Ok(Reference::Digest(_))
+        ));
         assert!(matches!("latest".parse::<Reference>(), Ok(Reference::Tag(_))));
-        assert!(matches!("sha256:zz".parse::<Reference>(), Err(NameError::InvalidDigest(_))));
+        assert!(matches!(
+            "sha256:zz".parse::<Reference>(),
+            Err(NameError::InvalidDigest(_))
+        ));
         assert!(matches!("a:b".parse::<Reference>(), Err(NameError::InvalidDigest(_))));
     }
 

@@ -56,7 +56,9 @@ impl BlobStore {
                 fs::remove_file(&path)?;
             }
         }
-        Ok(BlobStore { root: root.to_path_buf() })
+        Ok(BlobStore {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The store root.
@@ -67,7 +69,11 @@ impl BlobStore {
     /// Where the verified content of `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.root.join("blobs").join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     /// Open committed content for reading: the file and its size, or `None` if absent.
@@ -89,9 +95,16 @@ impl BlobStore {
 
     /// A new, empty temp file on the store's file system (so the commit rename is atomic).
     pub fn create_temp(&self) -> Result<TempFile, Error> {
-        let path = self.root.join("tmp").join(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file, committed: false })
+        Ok(TempFile {
+            path,
+            file,
+            committed: false,
+        })
     }
 
     /// Make a fully written temp file visible as `digest`. The caller has verified the digest.
@@ -116,7 +129,9 @@ impl BlobStore {
     /// Read small content back, re-verifying it: a file that does not match its digest (or is
     /// over `max` bytes) is removed and reported as absent, so it is refetched, never served.
     pub fn load_verified(&self, digest: &Digest, max: u64) -> Result<Option<Bytes>, Error> {
-        let Some((file, len)) = self.open_blob(digest)? else { return Ok(None) };
+        let Some((file, len)) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
         if len > max {
             return Ok(None);
         }
@@ -153,7 +168,11 @@ mod tests {
         assert!(!store.contains(&d), "not visible before commit");
         store.commit(tmp, &d).unwrap();
         assert_eq!(store.load_verified(&d, 100).unwrap().unwrap(), &b"hello"[..]);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temp file renamed away");
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "temp file renamed away"
+        );
     }
 
     #[test]
@@ -165,7 +184,11 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
         BlobStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "start removes temp files");
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "start removes temp files"
+        );
     }
 
     #[test]

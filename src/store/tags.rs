@@ -39,7 +39,10 @@ pub struct TagStore {
 impl TagStore {
     /// The tag index under the store root (created by `BlobStore::open`).
     pub fn new(store_root: &std::path::Path) -> TagStore {
-        TagStore { root: store_root.join("tags"), tmp: store_root.join("tmp") }
+        TagStore {
+            root: store_root.join("tags"),
+            tmp: store_root.join("tmp"),
+        }
     }
 
     fn path(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
@@ -56,8 +59,12 @@ impl TagStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let Ok(raw) = serde_json::from_slice::<OnDisk>(&text) else { return Ok(None) };
-        let Ok(digest) = raw.digest.parse() else { return Ok(None) };
+        let Ok(raw) = serde_json::from_slice::<OnDisk>(&text) else {
+            return Ok(None);
+        };
+        let Ok(digest) = raw.digest.parse() else {
+            return Ok(None);
+        };
         Ok(Some(TagRecord {
             digest,
             media_type: MediaType::new(&raw.media_type),

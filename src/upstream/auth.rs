@@ -37,8 +37,17 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         return None;
     }
     let params = parse_params(rest)?;
-    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
-    Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    Some(Challenge::Bearer {
+        realm: get("realm")?,
+        service: get("service"),
+        scope: get("scope"),
+    })
 }
 
 /// `key=value` or `key="quoted, value"` pairs separated by commas.
@@ -67,7 +76,10 @@ fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
                 }
             }
         } else {
-            value = std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect::<String>().trim().to_string();
+            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_string();
         }
         out.push((key.trim().to_string(), value));
     }
@@ -77,12 +89,13 @@ fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
 /// https host in the same registrable domain (auth.docker.io for registry-1.docker.io). IP
 /// literals and localhost are only accepted as the upstream's own authority.
 pub fn realm_allowed(upstream: &Uri, realm: &Uri) -> bool {
-    let scheme_ok = match (upstream.scheme_str(), realm.scheme_str()) {
-        (Some("https"), Some("https")) => true,
-        (Some("http"), Some("http" | "https")) => true,
-        _ => false,
+    let scheme_ok = matches!(
+        (upstream.scheme_str(), realm.scheme_str()),
+        (Some("https"), Some("https")) | (Some("http"), Some("http" | "https"))
+    );
+    let (Some(up), Some(re)) = (upstream.authority(), realm.authority()) else {
+        return false;
     };
-    let (Some(up), Some(re)) = (upstream.authority(), realm.authority()) else { return false };
     if !scheme_ok || re.as_str().contains('@') {
         return false;
     }
@@ -105,7 +118,8 @@ fn registrable_domain(host: &str) -> Option<String> {
         return None;
     }
     let n = labels.len();
-    let public_sld = ["co", "com", "net", "org", "gov", "edu", "ac"].contains(&labels[n - 2]) && labels[n - 1].len() == 2;
+    let public_sld =
+        ["co", "com", "net", "org", "gov", "edu", "ac"].contains(&labels[n - 2]) && labels[n - 1].len() == 2;
     let take = if public_sld { 3 } else { 2 };
     (n >= take).then(|| labels[n - take..].join("."))
 }
@@ -127,7 +141,12 @@ pub struct TokenCache {
 
 impl Default for TokenCache {
     fn default() -> Self {
-        TokenCache { inner: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build() }
+        TokenCache {
+            inner: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        }
     }
 }
 
@@ -141,7 +160,10 @@ impl TokenCache {
     pub fn insert(&self, scope: &str, value: Secret, expires_in: Duration) {
         // Refresh a little early so a token never expires mid-request.
         let margin = (expires_in / 10).min(Duration::from_secs(30));
-        let token = Token { value, expires: Instant::now() + expires_in.saturating_sub(margin) };
+        let token = Token {
+            value,
+            expires: Instant::now() + expires_in.saturating_sub(margin),
+        };
         self.inner.insert(scope.to_string(), Arc::new(token));
     }
 
@@ -169,8 +191,22 @@ mod tests {
         let cases: &[(&str, Option<Challenge>)] = &[
             ("Basic realm=\"Registry\"", Some(Challenge::Basic)),
             ("basic", Some(Challenge::Basic)),
-            ("bearer realm=https://x.io/t", Some(Challenge::Bearer { realm: "https://x.io/t".into(), service: None, scope: None })),
-            (r#"Bearer realm="a\"b""#, Some(Challenge::Bearer { realm: "a\"b".into(), service: None, scope: None })),
+            (
+                "bearer realm=https://x.io/t",
+                Some(Challenge::Bearer {
+                    realm: "https://x.io/t".into(),
+                    service: None,
+                    scope: None,
+                }),
+            ),
+            (
+                r#"Bearer realm="a\"b""#,
+                Some(Challenge::Bearer {
+                    realm: "a\"b".into(),
+                    service: None,
+                    scope: None,
+                }),
+            ),
             ("Bearer service=\"x\"", None),
             ("Bearer realm=\"unterminated", None),
             ("Negotiate abc", None),

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, LOCATION};
+use http::header::{AUTHORIZATION, LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -58,10 +58,15 @@ impl tower_service::Service<Name> for GuardedResolver {
         let host = name.as_str().to_ascii_lowercase();
         let trusted = self.trusted.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| trusted || is_public(a.ip())).collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| trusted || is_public(a.ip()))
+                .collect();
             if addrs.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{host} has no public address")));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{host} has no public address"),
+                ));
             }
             Ok(addrs.into_iter())
         })
@@ -88,7 +93,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80)
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -115,7 +124,9 @@ impl HttpClient {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { trusted: trusted.clone() });
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            trusted: trusted.clone(),
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
@@ -125,14 +136,24 @@ impl HttpClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
-        Ok(HttpClient { inner, header_timeout, trusted })
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        Ok(HttpClient {
+            inner,
+            header_timeout,
+            trusted,
+        })
     }
 
     /// Send one request and follow redirects (GET and HEAD only, http(s) only, no downgrade
     /// from https, `Authorization` dropped for good once the host changes).
     pub async fn send(&self, method: Method, url: Uri, mut headers: HeaderMap) -> Result<Response<Incoming>, Error> {
         let mut url = url;
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("berth/", env!("CARGO_PKG_VERSION"))),
+        );
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::builder().method(method.clone()).uri(url.clone());
             *req.headers_mut().expect("builder has no error yet") = headers.clone();
@@ -158,21 +179,33 @@ impl HttpClient {
 /// Where a redirect may lead: an absolute or relative `Location`, http(s), no https->http
 /// downgrade, and an IP literal only if it is configured or public.
 fn redirect_target(from: &Uri, location: Option<&HeaderValue>, trusted: &HashSet<String>) -> Result<Uri, Error> {
-    let loc = location.and_then(|v| v.to_str().ok()).ok_or_else(|| Error::Redirect("redirect without Location".into()))?;
+    let loc = location
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::Redirect("redirect without Location".into()))?;
     let next: Uri = if loc.starts_with('/') {
-        let base = format!("{}://{}", from.scheme_str().unwrap_or("https"), from.authority().map_or("", |a| a.as_str()));
+        let base = format!(
+            "{}://{}",
+            from.scheme_str().unwrap_or("https"),
+            from.authority().map_or("", |a| a.as_str())
+        );
         format!("{base}{loc}").parse()
     } else {
         loc.parse()
     }
     .map_err(|_| Error::Redirect("unparsable Location".into()))?;
-    let scheme_ok = match (from.scheme_str(), next.scheme_str()) {
-        (Some("https"), Some("https")) | (Some("http"), Some("http" | "https")) => true,
-        _ => false,
+    let scheme_ok = matches!(
+        (from.scheme_str(), next.scheme_str()),
+        (Some("https"), Some("https")) | (Some("http"), Some("http" | "https"))
+    );
+    let Some(auth) = next.authority() else {
+        return Err(Error::Redirect("Location has no host".into()));
     };
-    let Some(auth) = next.authority() else { return Err(Error::Redirect("Location has no host".into())) };
     if !scheme_ok || auth.as_str().contains('@') {
-        return Err(Error::Redirect(format!("refused redirect to {}://{}", next.scheme_str().unwrap_or("?"), auth.host())));
+        return Err(Error::Redirect(format!(
+            "refused redirect to {}://{}",
+            next.scheme_str().unwrap_or("?"),
+            auth.host()
+        )));
     }
     let host = auth.host().trim_matches(['[', ']']).to_ascii_lowercase();
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -234,10 +267,17 @@ mod tests {
     #[tokio::test]
     async fn resolver_refuses_private_addresses_for_unconfigured_hosts() {
         use tower_service::Service;
-        let mut r = GuardedResolver { trusted: Arc::new(HashSet::new()) };
+        let mut r = GuardedResolver {
+            trusted: Arc::new(HashSet::new()),
+        };
         let err = r.call("localhost".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        let mut r = GuardedResolver { trusted: Arc::new(["localhost".to_string()].into()) };
-        assert!(r.call("localhost".parse().unwrap()).await.is_ok(), "configured hosts may be local");
+        let mut r = GuardedResolver {
+            trusted: Arc::new(["localhost".to_string()].into()),
+        };
+        assert!(
+            r.call("localhost".parse().unwrap()).await.is_ok(),
+            "configured hosts may be local"
+        );
     }
 }

@@ -4,13 +4,14 @@
 //! metrics. It never decides what to cache; that is the api layer's job.
 
 mod auth;
+mod breaker;
 mod client;
 mod set;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -19,6 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
+pub use breaker::{parse_retry_after, Admit, Breaker};
 pub use client::{is_public, HttpClient};
 pub use set::{RouteError, UpstreamSet};
 
@@ -127,6 +129,8 @@ pub struct Upstream {
     basic: AtomicBool,
     is_docker_hub: bool,
     manifest_ttl: Duration,
+    retries: u32,
+    breaker: Breaker,
     metrics: Arc<Metrics>,
 }
 
@@ -145,7 +149,10 @@ impl Upstream {
         };
         let client = HttpClient::new(trusted, ca.as_deref(), cfg.connect_timeout, cfg.timeout)?;
         let hub_names = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-        let is_docker_hub = cfg.aliases.iter().any(|a| hub_names.contains(&a.to_ascii_lowercase().as_str()))
+        let is_docker_hub = cfg
+            .aliases
+            .iter()
+            .any(|a| hub_names.contains(&a.to_ascii_lowercase().as_str()))
             || cfg.url.host() == Some("registry-1.docker.io");
         Ok(Upstream {
             name: name.to_string(),
@@ -157,6 +164,8 @@ impl Upstream {
             basic: AtomicBool::new(false),
             is_docker_hub,
             manifest_ttl,
+            retries: cfg.retries,
+            breaker: Breaker::new(cfg.circuit_failures, cfg.circuit_cooldown),
             metrics,
         })
     }
@@ -178,7 +187,9 @@ impl Upstream {
 
     fn url(&self, path_and_query: &str) -> Result<Uri, Error> {
         let base = self.base.to_string();
-        format!("{}{}", base.trim_end_matches('/'), path_and_query).parse().map_err(|_| Error::Protocol("bad url".into()))
+        format!("{}{}", base.trim_end_matches('/'), path_and_query)
+            .parse()
+            .map_err(|_| Error::Protocol("bad url".into()))
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
@@ -218,13 +229,16 @@ impl Upstream {
             if let Some(a) = self.authorization(&scope) {
                 headers.insert(AUTHORIZATION, a);
             }
-            let resp = self.client.send(method.clone(), url.clone(), headers).await;
-            let resp = self.observe(kind, &method, resp)?;
+            let resp = self.send(kind, &method, &url, headers).await?;
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
             retried = true;
-            let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge);
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge);
             match challenge {
                 Some(Challenge::Bearer { realm, service, .. }) => {
                     self.tokens.remove(&scope);
@@ -236,22 +250,83 @@ impl Upstream {
         }
     }
 
-    fn observe(
+    /// Send through the breaker: fail fast while it is open or while a 429 back-off runs;
+    /// retry connect failures and 5xx (nothing of the body was read yet) with jittered backoff.
+    async fn send(
         &self,
         kind: Kind,
         method: &Method,
-        resp: Result<Response<Incoming>, Error>,
+        url: &Uri,
+        headers: HeaderMap,
     ) -> Result<Response<Incoming>, Error> {
-        let code = match &resp {
-            Ok(r) => r.status().as_str().to_string(),
-            Err(Error::Timeout(_)) => "timeout".to_string(),
-            Err(_) => "error".to_string(),
-        };
-        self.metrics.upstream_requests.with_label_values(&[&self.name, kind.as_str(), method.as_str(), &code]).inc();
-        if let Ok(r) = &resp {
-            self.metrics.record_ratelimit(&self.name, r.headers());
+        let mut attempt = 0;
+        loop {
+            match self.breaker.admit(Instant::now()) {
+                Admit::Yes => {}
+                Admit::CircuitOpen => {
+                    self.count_error("circuit_open");
+                    return Err(Error::CircuitOpen);
+                }
+                Admit::Throttled(wait) => {
+                    self.count_error("throttled");
+                    return Err(Error::Throttled(Some(HeaderValue::from(wait.as_secs().max(1)))));
+                }
+            }
+            let resp = self.client.send(method.clone(), url.clone(), headers.clone()).await;
+            let code = match &resp {
+                Ok(r) => r.status().as_str().to_string(),
+                Err(Error::Timeout(_)) => "timeout".to_string(),
+                Err(_) => "error".to_string(),
+            };
+            self.metrics
+                .upstream_requests
+                .with_label_values(&[&self.name, kind.as_str(), method.as_str(), &code])
+                .inc();
+            let retryable = match &resp {
+                Ok(r) if r.status().is_server_error() => {
+                    self.count_error("status_5xx");
+                    self.breaker.failure(Instant::now());
+                    true
+                }
+                Ok(r) => {
+                    self.metrics.record_ratelimit(&self.name, r.headers());
+                    self.breaker.success();
+                    if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                        self.count_error("status_429");
+                        self.breaker
+                            .throttled(Instant::now(), parse_retry_after(r.headers().get(RETRY_AFTER)));
+                    }
+                    false
+                }
+                Err(e @ (Error::Connect(_) | Error::Timeout(_))) => {
+                    self.count_error(if matches!(e, Error::Timeout(_)) {
+                        "timeout"
+                    } else {
+                        "connect"
+                    });
+                    if self.breaker.failure(Instant::now()) {
+                        tracing::warn!(upstream = %self.name, "upstream keeps failing: circuit open");
+                    }
+                    // A timeout already cost the full wait; do not double it.
+                    matches!(e, Error::Connect(_))
+                }
+                Err(_) => false,
+            };
+            if !retryable || attempt >= self.retries || self.breaker.is_open() {
+                return resp;
+            }
+            attempt += 1;
+            // 100 ms, 200 ms, 400 ms... with +-50% jitter.
+            let base = 100u64 << (attempt - 1).min(5);
+            tokio::time::sleep(Duration::from_millis(base / 2 + fastrand::u64(..=base))).await;
         }
-        resp
+    }
+
+    fn count_error(&self, reason: &str) {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[&self.name, reason])
+            .inc();
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(), Error> {
@@ -264,13 +339,14 @@ impl Upstream {
             query.push_str(&format!("&service={}", encode_query(s)));
         }
         let sep = if realm.contains('?') { '&' } else { '?' };
-        let url: Uri = format!("{realm}{sep}{query}").parse().map_err(|_| Error::Realm("unparsable".into()))?;
+        let url: Uri = format!("{realm}{sep}{query}")
+            .parse()
+            .map_err(|_| Error::Realm("unparsable".into()))?;
         let mut headers = HeaderMap::new();
         if let Some(b) = self.basic_header() {
             headers.insert(AUTHORIZATION, b);
         }
-        let resp = self.client.send(Method::GET, url, headers).await;
-        let resp = self.observe(Kind::Token, &Method::GET, resp)?;
+        let resp = self.send(Kind::Token, &Method::GET, &url, headers).await?;
         if !resp.status().is_success() {
             return Err(Error::Token(format!("status {}", resp.status().as_u16())));
         }
@@ -282,9 +358,17 @@ impl Upstream {
             expires_in: Option<u64>,
         }
         let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| Error::Token("unparsable response".into()))?;
-        let token = t.token.or(t.access_token).filter(|t| !t.is_empty()).ok_or_else(|| Error::Token("no token".into()))?;
+        let token = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::Token("no token".into()))?;
         // Spec: expires_in defaults to 60 s.
-        self.tokens.insert(scope, Secret(token), Duration::from_secs(t.expires_in.unwrap_or(60).max(1)));
+        self.tokens.insert(
+            scope,
+            Secret(token),
+            Duration::from_secs(t.expires_in.unwrap_or(60).max(1)),
+        );
         Ok(())
     }
 
@@ -296,22 +380,54 @@ impl Upstream {
         reference: &str,
         accept: &[HeaderValue],
     ) -> Result<Option<FetchedManifest>, Error> {
-        let resp = self.request(Kind::Manifest, Method::GET, repo, &format!("/v2/{repo}/manifests/{reference}"), accept_headers(accept)).await?;
-        let Some(resp) = check_status(resp)? else { return Ok(None) };
+        let resp = self
+            .request(
+                Kind::Manifest,
+                Method::GET,
+                repo,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                accept_headers(accept),
+            )
+            .await?;
+        let Some(resp) = check_status(resp)? else {
+            return Ok(None);
+        };
         if content_length(resp.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
             return Err(Error::TooLarge(MAX_MANIFEST_BYTES));
         }
         let content_type = header_string(resp.headers(), CONTENT_TYPE.as_str());
         let digest = header_string(resp.headers(), "docker-content-digest");
         let bytes = read_capped(resp.into_body(), MAX_MANIFEST_BYTES).await?;
-        self.metrics.upstream_fetched_bytes.with_label_values(&["manifest", &self.name]).inc_by(bytes.len() as u64);
-        Ok(Some(FetchedManifest { bytes, content_type, digest }))
+        self.metrics
+            .upstream_fetched_bytes
+            .with_label_values(&["manifest", &self.name])
+            .inc_by(bytes.len() as u64);
+        Ok(Some(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        }))
     }
 
     /// HEAD a manifest: free on Docker Hub's rate limit. `Ok(None)`: not found.
-    pub async fn head_manifest(&self, repo: &RepoName, reference: &str, accept: &[HeaderValue]) -> Result<Option<ManifestHead>, Error> {
-        let resp = self.request(Kind::Manifest, Method::HEAD, repo, &format!("/v2/{repo}/manifests/{reference}"), accept_headers(accept)).await?;
-        let Some(resp) = check_status(resp)? else { return Ok(None) };
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        accept: &[HeaderValue],
+    ) -> Result<Option<ManifestHead>, Error> {
+        let resp = self
+            .request(
+                Kind::Manifest,
+                Method::HEAD,
+                repo,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                accept_headers(accept),
+            )
+            .await?;
+        let Some(resp) = check_status(resp)? else {
+            return Ok(None);
+        };
         let h = resp.headers();
         Ok(Some(ManifestHead {
             digest: header_string(h, "docker-content-digest").and_then(|d| d.parse().ok()),
@@ -322,24 +438,49 @@ impl Upstream {
 
     /// GET a blob, from byte `offset` on (a resumed fill). Returns the response (status 200
     /// or 206) for the caller to stream; `Ok(None)`: not found.
-    pub async fn fetch_blob(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<Option<Response<Incoming>>, Error> {
+    pub async fn fetch_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Option<Response<Incoming>>, Error> {
         let mut headers = HeaderMap::new();
         if offset > 0 {
             let v = HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header value");
             headers.insert(RANGE, v);
         }
-        let resp = self.request(Kind::Blob, Method::GET, repo, &format!("/v2/{repo}/blobs/{digest}"), headers).await?;
+        let resp = self
+            .request(
+                Kind::Blob,
+                Method::GET,
+                repo,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                headers,
+            )
+            .await?;
         check_status(resp)
     }
 
     /// HEAD a blob: its size, or `Ok(None)` if the upstream does not have it.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Option<u64>>, Error> {
-        let resp = self.request(Kind::Blob, Method::HEAD, repo, &format!("/v2/{repo}/blobs/{digest}"), HeaderMap::new()).await?;
+        let resp = self
+            .request(
+                Kind::Blob,
+                Method::HEAD,
+                repo,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                HeaderMap::new(),
+            )
+            .await?;
         Ok(check_status(resp)?.map(|r| content_length(r.headers())))
     }
 
     /// GET `tags/list` with the client's pagination parameters; returns the raw response.
-    pub async fn fetch_tags(&self, repo: &RepoName, query: &[(String, String)]) -> Result<Option<Response<Incoming>>, Error> {
+    pub async fn fetch_tags(
+        &self,
+        repo: &RepoName,
+        query: &[(String, String)],
+    ) -> Result<Option<Response<Incoming>>, Error> {
         let mut path = format!("/v2/{repo}/tags/list");
         let q: Vec<String> = query
             .iter()
@@ -350,13 +491,18 @@ impl Upstream {
             path.push('?');
             path.push_str(&q.join("&"));
         }
-        let resp = self.request(Kind::Tags, Method::GET, repo, &path, HeaderMap::new()).await?;
+        let resp = self
+            .request(Kind::Tags, Method::GET, repo, &path, HeaderMap::new())
+            .await?;
         check_status(resp)
     }
 
     /// Count bytes received for a blob fill.
     pub fn record_blob_bytes(&self, n: u64) {
-        self.metrics.upstream_fetched_bytes.with_label_values(&["blob", &self.name]).inc_by(n);
+        self.metrics
+            .upstream_fetched_bytes
+            .with_label_values(&["blob", &self.name])
+            .inc_by(n);
     }
 }
 
@@ -417,7 +563,10 @@ fn base64_encode(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
@@ -435,7 +584,13 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_base64_encoded() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("user:pass", "dXNlcjpwYXNz")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("user:pass", "dXNlcjpwYXNz"),
+        ];
         for (input, want) in cases {
             assert_eq!(base64_encode(input.as_bytes()), want, "{input:?}");
         }

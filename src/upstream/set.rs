@@ -29,14 +29,25 @@ impl UpstreamSet {
     /// Build every upstream from a validated config.
     pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> Result<UpstreamSet, String> {
         let trusted: Arc<HashSet<String>> = Arc::new(
-            config.upstreams.values().filter_map(|u| u.url.host()).map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()).collect(),
+            config
+                .upstreams
+                .values()
+                .filter_map(|u| u.url.host())
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+                .collect(),
         );
         let mut all = Vec::new();
         let mut by_alias = HashMap::new();
         let mut default = None;
         for (name, cfg) in &config.upstreams {
-            let up = Upstream::new(name, cfg, cfg.manifest_ttl(&config.cache), trusted.clone(), metrics.clone())
-                .map_err(|e| format!("upstreams.{name}: {e}"))?;
+            let up = Upstream::new(
+                name,
+                cfg,
+                cfg.manifest_ttl(&config.cache),
+                trusted.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| format!("upstreams.{name}: {e}"))?;
             let idx = all.len();
             for alias in &cfg.aliases {
                 by_alias.insert(alias.to_ascii_lowercase(), idx);
@@ -58,10 +69,17 @@ impl UpstreamSet {
     /// Pick the upstream for a request and the repository name to ask it for.
     pub fn resolve(&self, ns: Option<&str>, name: RepoName) -> Result<(Arc<Upstream>, RepoName), RouteError> {
         let first = name.components().next().unwrap_or("").to_string();
-        let prefixed = self.by_alias.get(first.as_str()).copied().filter(|_| name.strip_first().is_some());
+        let prefixed = self
+            .by_alias
+            .get(first.as_str())
+            .copied()
+            .filter(|_| name.strip_first().is_some());
         let (idx, name) = match ns {
             Some(ns) => {
-                let idx = *self.by_alias.get(ns).ok_or_else(|| RouteError::UnknownNamespace(ns.to_string()))?;
+                let idx = *self
+                    .by_alias
+                    .get(ns)
+                    .ok_or_else(|| RouteError::UnknownNamespace(ns.to_string()))?;
                 // containerd `override_path`: the path repeats the same registry; strip it.
                 match prefixed {
                     Some(p) if p == idx => (idx, name.strip_first().expect("checked above")),
@@ -74,7 +92,11 @@ impl UpstreamSet {
             },
         };
         let up = self.all[idx].clone();
-        let name = if up.is_docker_hub() { name.with_library_prefix() } else { name };
+        let name = if up.is_docker_hub() {
+            name.with_library_prefix()
+        } else {
+            name
+        };
         Ok((up, name))
     }
 }
@@ -107,7 +129,8 @@ mod tests {
     #[test]
     fn requests_route_by_ns_then_prefix_then_default() {
         let s = set();
-        let cases: &[(Option<&str>, &str, Result<(&str, &str), RouteError>)] = &[
+        type Case<'a> = (Option<&'a str>, &'a str, Result<(&'a str, &'a str), RouteError>);
+        let cases: &[Case] = &[
             (None, "library/alpine", Ok(("hub", "library/alpine"))),
             (None, "alpine", Ok(("hub", "library/alpine"))),
             (None, "ghcr.io/org/app", Ok(("ghcr", "org/app"))),
@@ -118,12 +141,26 @@ mod tests {
             (Some("ghcr.io"), "ghcr.io/org/app", Ok(("ghcr", "org/app"))),
             (Some("docker.io"), "library/nginx", Ok(("hub", "library/nginx"))),
             (Some("docker.io"), "nginx", Ok(("hub", "library/nginx"))),
-            (Some("harbor.corp"), "docker.io/library/x", Ok(("corp", "docker.io/library/x"))),
-            (Some("evil.example"), "org/app", Err(RouteError::UnknownNamespace("evil.example".into()))),
-            (Some("169.254.169.254"), "org/app", Err(RouteError::UnknownNamespace("169.254.169.254".into()))),
+            (
+                Some("harbor.corp"),
+                "docker.io/library/x",
+                Ok(("corp", "docker.io/library/x")),
+            ),
+            (
+                Some("evil.example"),
+                "org/app",
+                Err(RouteError::UnknownNamespace("evil.example".into())),
+            ),
+            (
+                Some("169.254.169.254"),
+                "org/app",
+                Err(RouteError::UnknownNamespace("169.254.169.254".into())),
+            ),
         ];
         for (ns, name, want) in cases {
-            let got = s.resolve(*ns, name.parse().unwrap()).map(|(u, n)| (u.name().to_string(), n.to_string()));
+            let got = s
+                .resolve(*ns, name.parse().unwrap())
+                .map(|(u, n)| (u.name().to_string(), n.to_string()));
             let want = want.clone().map(|(u, n)| (u.to_string(), n.to_string()));
             assert_eq!(got, want, "ns={ns:?} name={name}");
         }

@@ -85,7 +85,13 @@ impl Drop for FakeRegistry {
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, Arc::new(FakeState { honour_range: Mutex::new(true), ..Default::default() }))
+        Self::start_on(
+            listener,
+            Arc::new(FakeState {
+                honour_range: Mutex::new(true),
+                ..Default::default()
+            }),
+        )
     }
 
     /// Serve `state` on `listener` (restarting a stopped fake on its old port).
@@ -95,7 +101,8 @@ impl FakeRegistry {
         let (st, stop2) = (state.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
-                let (stream, _) = tokio::select! { r = listener.accept() => r.unwrap(), _ = stop2.cancelled() => return };
+                let (stream, _) =
+                    tokio::select! { r = listener.accept() => r.unwrap(), _ = stop2.cancelled() => return };
                 let st = st.clone();
                 let stop3 = stop2.clone();
                 tokio::spawn(async move {
@@ -115,6 +122,17 @@ impl FakeRegistry {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Serve the same state on the same port again after `stop()`.
+    pub async fn restart(&self) -> FakeRegistry {
+        for _ in 0..200 {
+            if let Ok(l) = TcpListener::bind(self.addr).await {
+                return Self::start_on(l, self.state.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("port {} did not become free", self.addr);
     }
 
     /// Stop accepting and drop every connection (the port closes).
@@ -141,7 +159,10 @@ impl FakeRegistry {
 
     /// An image manifest (OCI or Docker) over a config and the given layers; returns its bytes.
     pub fn image(&self, repo: &str, tag: &str, media_type: &str, layers: &[Bytes]) -> (String, Bytes) {
-        let config = Bytes::from(format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{}}}", layers.len()));
+        let config = Bytes::from(format!(
+            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{}}}",
+            layers.len()
+        ));
         let cd = self.put_blob(config.clone());
         let layer_type = if media_type == DOCKER_MANIFEST {
             "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -150,9 +171,19 @@ impl FakeRegistry {
         };
         let ls: Vec<String> = layers
             .iter()
-            .map(|l| format!("{{\"mediaType\":\"{layer_type}\",\"digest\":\"{}\",\"size\":{}}}", self.put_blob(l.clone()), l.len()))
+            .map(|l| {
+                format!(
+                    "{{\"mediaType\":\"{layer_type}\",\"digest\":\"{}\",\"size\":{}}}",
+                    self.put_blob(l.clone()),
+                    l.len()
+                )
+            })
             .collect();
-        let cfg_type = if media_type == DOCKER_MANIFEST { "application/vnd.docker.container.image.v1+json" } else { "application/vnd.oci.image.config.v1+json" };
+        let cfg_type = if media_type == DOCKER_MANIFEST {
+            "application/vnd.docker.container.image.v1+json"
+        } else {
+            "application/vnd.oci.image.config.v1+json"
+        };
         let body = format!(
             "{{\"schemaVersion\":2,\"mediaType\":\"{media_type}\",\"config\":{{\"mediaType\":\"{cfg_type}\",\"digest\":\"{cd}\",\"size\":{}}},\"layers\":[{}]}}",
             config.len(),
@@ -167,7 +198,13 @@ impl FakeRegistry {
     }
 
     pub fn fault(&self, digest: &str, f: Fault) {
-        self.state.faults.lock().unwrap().entry(digest.to_string()).or_default().push_back(f);
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .entry(digest.to_string())
+            .or_default()
+            .push_back(f);
     }
 
     pub fn set_global_fault(&self, f: Option<Fault>) {
@@ -180,7 +217,13 @@ impl FakeRegistry {
 
     /// How many requests matched `METHOD path` exactly (path without query).
     pub fn hits(&self, method: &str, path: &str) -> usize {
-        *self.state.hits.lock().unwrap().get(&format!("{method} {path}")).unwrap_or(&0)
+        *self
+            .state
+            .hits
+            .lock()
+            .unwrap()
+            .get(&format!("{method} {path}"))
+            .unwrap_or(&0)
     }
 
     /// All requests so far.
@@ -193,7 +236,8 @@ fn oci_error(status: u16, code: &str) -> Response<FakeBody> {
     let body = format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"fake\"}}]}}");
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -203,7 +247,11 @@ fn full(b: impl Into<Bytes>) -> FakeBody {
 
 async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> Response<FakeBody> {
     let path = req.uri().path().to_string();
-    *st.hits.lock().unwrap().entry(format!("{} {}", req.method(), path)).or_default() += 1;
+    *st.hits
+        .lock()
+        .unwrap()
+        .entry(format!("{} {}", req.method(), path))
+        .or_default() += 1;
     if path == "/token" {
         let token = st.token.lock().unwrap().clone().unwrap_or_default();
         return Response::new(full(format!("{{\"token\":\"{token}\",\"expires_in\":300}}")));
@@ -224,8 +272,20 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {token}"));
         if !ok {
             let mut r = oci_error(401, "UNAUTHORIZED");
-            let repo = path.trim_start_matches("/v2/").split("/manifests/").next().unwrap_or("").split("/blobs/").next().unwrap_or("");
-            let realm = st.realm.lock().unwrap().clone().unwrap_or_else(|| format!("http://{addr}/token"));
+            let repo = path
+                .trim_start_matches("/v2/")
+                .split("/manifests/")
+                .next()
+                .unwrap_or("")
+                .split("/blobs/")
+                .next()
+                .unwrap_or("");
+            let realm = st
+                .realm
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}/token"));
             let challenge = format!("Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:{repo}:pull\"");
             r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
             return r;
@@ -236,9 +296,20 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
     }
     let rest = path.trim_start_matches("/v2/");
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
-        let found = st.manifests.lock().unwrap().get(&(repo.to_string(), reference.to_string())).cloned();
-        let Some((ct, bytes)) = found else { return oci_error(404, "MANIFEST_UNKNOWN") };
-        let mut r = Response::new(if req.method() == Method::HEAD { Empty::new().map_err(|n| match n {}).boxed_unsync() } else { full(bytes.clone()) });
+        let found = st
+            .manifests
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), reference.to_string()))
+            .cloned();
+        let Some((ct, bytes)) = found else {
+            return oci_error(404, "MANIFEST_UNKNOWN");
+        };
+        let mut r = Response::new(if req.method() == Method::HEAD {
+            Empty::new().map_err(|n| match n {}).boxed_unsync()
+        } else {
+            full(bytes.clone())
+        });
         let h = r.headers_mut();
         h.insert("content-type", ct.parse().unwrap());
         h.insert("content-length", bytes.len().into());
@@ -248,7 +319,9 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         return r;
     }
     if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
-        let Some(bytes) = st.blobs.lock().unwrap().get(digest).cloned() else { return oci_error(404, "BLOB_UNKNOWN") };
+        let Some(bytes) = st.blobs.lock().unwrap().get(digest).cloned() else {
+            return oci_error(404, "BLOB_UNKNOWN");
+        };
         if req.method() == Method::HEAD {
             let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed_unsync());
             r.headers_mut().insert("content-length", bytes.len().into());
@@ -265,8 +338,13 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
     let total = bytes.len();
     let mut data = bytes;
     let mut start = 0;
-    let range = headers.get("range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
-    let partial = range.filter(|_| *st.honour_range.lock().unwrap()).filter(|s| *s < total);
+    let range = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+    let partial = range
+        .filter(|_| *st.honour_range.lock().unwrap())
+        .filter(|s| *s < total);
     if let Some(s) = partial {
         start = s;
         data = data.slice(s..);
@@ -318,7 +396,10 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
     r.headers_mut().insert("content-length", len.into());
     if partial.is_some() {
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        r.headers_mut().insert("content-range", format!("bytes {start}-{}/{total}", total - 1).parse().unwrap());
+        r.headers_mut().insert(
+            "content-range",
+            format!("bytes {start}-{}/{total}", total - 1).parse().unwrap(),
+        );
     }
     r
 }
@@ -342,20 +423,33 @@ impl TestProxy {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, upstream_url: &str, extra: &str) -> TestProxy {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("berth=debug").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("berth=debug")
+            .try_init();
         let text = format!(
             "[storage]\npath = {:?}\n[upstreams.hub]\nurl = \"{upstream_url}\"\naliases = [\"docker.io\"]\ndefault = true\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n{extra}",
             dir.path().join("store")
         );
         let config = berth::Config::from_toml_str(&text).expect("test config parses");
-        let problems: Vec<_> = config.validate().into_iter().filter(|p| p.severity == berth::config::Severity::Error).collect();
+        let problems: Vec<_> = config
+            .validate()
+            .into_iter()
+            .filter(|p| p.severity == berth::config::Severity::Error)
+            .collect();
         assert!(problems.is_empty(), "test config is valid: {problems:?}");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, metrics_addr) = (listener.local_addr().unwrap(), metrics.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(berth::run(Arc::new(config), listener, Some(metrics), shutdown.clone()));
-        TestProxy { addr, metrics_addr, dir, shutdown, handle: Some(handle) }
+        TestProxy {
+            addr,
+            metrics_addr,
+            dir,
+            shutdown,
+            handle: Some(handle),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -444,16 +538,31 @@ pub async fn head(url: &str, headers: &[(&str, &str)]) -> Reply {
 /// One request on a fresh connection (so tests do not share pooled state).
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
     let uri: http::Uri = url.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap())).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().method(method).uri(uri.path_and_query().unwrap().as_str()).header("host", uri.authority().unwrap().as_str());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().unwrap().as_str())
+        .header("host", uri.authority().unwrap().as_str());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string());
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
     Reply { status, headers, body }
 }

@@ -213,12 +213,10 @@ impl Berth {
             .spawn()
             .expect("spawn the berth binary");
         let addr = self.addr();
-        let result = wait_until_ready(&mut child, READY_TIMEOUT, || {
-            match http::get(&addr, "/readyz", &[]) {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("GET /readyz answered {}: {}", r.status, r.text())),
-                Err(e) => Err(format!("GET /readyz failed: {e}")),
-            }
+        let result = wait_until_ready(&mut child, READY_TIMEOUT, || match http::get(&addr, "/readyz", &[]) {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("GET /readyz answered {}: {}", r.status, r.text())),
+            Err(e) => Err(format!("GET /readyz failed: {e}")),
         });
         match result {
             Ok(()) => {
@@ -265,8 +263,5 @@ impl Drop for Berth {
 }
 
 fn toml_escape(path: &Path) -> String {
-    path.display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
+    path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
 }

@@ -44,21 +44,14 @@ impl Response {
 
 /// Sends one request to `addr` (`host:port`) with request target `target` (`/v2/...?...`).
 /// A body is sent with `Content-Length` for every method except GET and HEAD.
-pub fn request(
-    addr: &str,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> io::Result<Response> {
+pub fn request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.set_nodelay(true)?;
 
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: berth-e2e\r\n"
-    );
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: berth-e2e\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -137,9 +130,9 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
 fn parse_status(line: &str) -> io::Result<u16> {
     let mut parts = line.splitn(3, ' ');
     match (parts.next(), parts.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => code
-            .parse()
-            .map_err(|_| invalid(format!("bad status line {line:?}"))),
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => {
+            code.parse().map_err(|_| invalid(format!("bad status line {line:?}")))
+        }
         _ => Err(invalid(format!("bad status line {line:?}"))),
     }
 }
@@ -149,8 +142,8 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     loop {
         let size_line = read_line(reader)?;
         let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| invalid(format!("bad chunk size line {size_line:?}")))?;
+        let size =
+            usize::from_str_radix(size_hex, 16).map_err(|_| invalid(format!("bad chunk size line {size_line:?}")))?;
         if size == 0 {
             // Trailers, then the empty line.
             while !read_line(reader)?.is_empty() {}

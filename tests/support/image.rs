@@ -97,12 +97,7 @@ pub struct Image {
 impl Image {
     /// Builds an image for `linux/<architecture>` with one layer per entry of
     /// `layer_sizes` (bytes of random file content, before tar and gzip).
-    pub fn generate(
-        rng: &mut fastrand::Rng,
-        format: Format,
-        architecture: &str,
-        layer_sizes: &[usize],
-    ) -> Image {
+    pub fn generate(rng: &mut fastrand::Rng, format: Format, architecture: &str, layer_sizes: &[usize]) -> Image {
         let (config_type, layer_type, manifest_type) = match format {
             Format::DockerV2 => (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST_V2),
             Format::Oci => (OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST),
@@ -146,9 +141,7 @@ impl Image {
 
     /// Config and layers: every blob the manifest references.
     pub fn blobs(&self) -> Vec<&Blob> {
-        std::iter::once(&self.config)
-            .chain(self.layers.iter())
-            .collect()
+        std::iter::once(&self.config).chain(self.layers.iter()).collect()
     }
 }
 
@@ -219,11 +212,7 @@ fn layer_tar(rng: &mut fastrand::Rng, layer: usize, size: usize) -> Vec<u8> {
         header.set_size(len as u64);
         header.set_mtime(1_700_000_000);
         builder
-            .append_data(
-                &mut header,
-                format!("layer{layer}/file{file}.bin"),
-                &data[..],
-            )
+            .append_data(&mut header, format!("layer{layer}/file{file}.bin"), &data[..])
             .expect("append a file to the layer tar");
         remaining -= len;
         file += 1;
@@ -245,14 +234,8 @@ fn to_json_bytes(value: &serde_json::Value) -> Vec<u8> {
 /// `POST /v2/<name>/blobs/uploads/`, then `PUT <Location>&digest=...` with the bytes).
 #[allow(dead_code)]
 pub fn push_blob(addr: &str, name: &str, blob: &Blob) {
-    let start = http::request(
-        addr,
-        "POST",
-        &format!("/v2/{name}/blobs/uploads/"),
-        &[],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("POST upload for {name} on {addr}: {e}"));
+    let start = http::request(addr, "POST", &format!("/v2/{name}/blobs/uploads/"), &[], &[])
+        .unwrap_or_else(|e| panic!("POST upload for {name} on {addr}: {e}"));
     assert_eq!(
         start.status,
         202,

@@ -90,10 +90,7 @@ impl Registry {
 
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .expect("try_wait on docker-registry")
-                .is_none(),
+            Some(child) => child.try_wait().expect("try_wait on docker-registry").is_none(),
             None => false,
         }
     }
@@ -140,8 +137,7 @@ impl Registry {
     /// (readiness probes and pushes, user agent `berth-e2e`), which are only counted.
     pub fn access_log_text(&self) -> String {
         let log = self.access_log();
-        let (harness, others): (Vec<_>, Vec<_>) =
-            log.iter().partition(|l| l.user_agent == "berth-e2e");
+        let (harness, others): (Vec<_>, Vec<_>) = log.iter().partition(|l| l.user_agent == "berth-e2e");
         let mut out = format!(
             "[{} request(s) by the test harness itself (probes, pushes) omitted]\n",
             harness.len()
@@ -199,12 +195,10 @@ impl Registry {
             .spawn()
             .expect("spawn docker-registry serve");
         let addr = self.addr();
-        let result = wait_until_ready(&mut child, READY_TIMEOUT, || {
-            match http::get(&addr, "/v2/", &[]) {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("GET /v2/ answered {}", r.status)),
-                Err(e) => Err(format!("GET /v2/ failed: {e}")),
-            }
+        let result = wait_until_ready(&mut child, READY_TIMEOUT, || match http::get(&addr, "/v2/", &[]) {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("GET /v2/ answered {}", r.status)),
+            Err(e) => Err(format!("GET /v2/ failed: {e}")),
         });
         match result {
             Ok(()) => {

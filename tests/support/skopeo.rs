@@ -127,16 +127,14 @@ pub fn verify_dir(dir: &Path) -> DirContents {
         blobs: BTreeMap::new(),
     };
 
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()));
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.expect("read a dir entry");
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == "version" || name == "manifest.json" {
             continue;
         }
-        let data = std::fs::read(entry.path())
-            .unwrap_or_else(|e| panic!("read {}: {e}", entry.path().display()));
+        let data = std::fs::read(entry.path()).unwrap_or_else(|e| panic!("read {}: {e}", entry.path().display()));
         let (hex, is_manifest) = match name.strip_suffix(".manifest.json") {
             Some(hex) => (hex, true),
             None => (name.as_str(), false),
@@ -162,34 +160,28 @@ pub fn verify_dir(dir: &Path) -> DirContents {
 
     // Every copied manifest's config and layers are present with the right size.
     let mut referenced = BTreeSet::new();
-    let top: serde_json::Value =
-        serde_json::from_slice(&contents.manifest).expect("manifest.json is JSON");
+    let top: serde_json::Value = serde_json::from_slice(&contents.manifest).expect("manifest.json is JSON");
     let mut image_manifests = Vec::new();
     if let Some(children) = top.get("manifests").and_then(|m| m.as_array()) {
         for child in children {
             let digest = child["digest"].as_str().expect("index child has a digest");
             if let Some(bytes) = contents.child_manifests.get(digest) {
-                image_manifests.push(
-                    serde_json::from_slice::<serde_json::Value>(bytes)
-                        .expect("child manifest is JSON"),
-                );
+                image_manifests
+                    .push(serde_json::from_slice::<serde_json::Value>(bytes).expect("child manifest is JSON"));
             }
         }
     } else {
         image_manifests.push(top.clone());
     }
     for m in &image_manifests {
-        let descriptors = std::iter::once(&m["config"])
-            .chain(m["layers"].as_array().expect("manifest has layers"));
+        let descriptors = std::iter::once(&m["config"]).chain(m["layers"].as_array().expect("manifest has layers"));
         for d in descriptors {
             let digest = d["digest"].as_str().expect("descriptor has a digest");
             let size = d["size"].as_u64().expect("descriptor has a size");
-            let data = contents.blobs.get(digest).unwrap_or_else(|| {
-                panic!(
-                    "{}: blob {digest} referenced by a manifest is missing",
-                    dir.display()
-                )
-            });
+            let data = contents
+                .blobs
+                .get(digest)
+                .unwrap_or_else(|| panic!("{}: blob {digest} referenced by a manifest is missing", dir.display()));
             assert_eq!(
                 data.len() as u64,
                 size,

@@ -1,0 +1,657 @@
+#!/usr/bin/env bash
+# berth benchmark: measures berth beside reference servers in ONE run on the same data and
+# prints ratios (a report, never a pass/fail test). See bench/README.md.
+#
+# Servers (all started and stopped here, loopback only):
+#   upstream  docker-registry (CNCF distribution) holding the test image; its access log
+#             (stderr) counts the upstream requests every proxy makes
+#   berth     target/release/berth serve, a fresh store where a step needs a cold cache
+#   proxy     docker-registry in proxy mode (remoteurl = upstream), same freshness rules
+#   nginx     sendfile on, serving the same blob file from disk (worker_processes 1)
+#
+# Knobs (environment): BENCH_BLOB_MIB=512 BENCH_RUNS=5 BENCH_COLD_RUNS=3 BENCH_CONC="1 8 32"
+#   BENCH_CONC_MIB=64 BENCH_WRK_SECS=10 BENCH_RSS_CLIENTS=32 BENCH_DEADLINE=840 (seconds)
+#   BENCH_KEEP=1 keeps the temp dir.
+set -uo pipefail
+
+START_EPOCH=$(date +%s)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+RESULTS_DIR="$BENCH_DIR/results"
+
+BLOB_MIB=${BENCH_BLOB_MIB:-512}
+RUNS=${BENCH_RUNS:-5}
+COLD_RUNS=${BENCH_COLD_RUNS:-3}
+CONC_LIST=${BENCH_CONC:-"1 8 32"}
+CONC_MIB=${BENCH_CONC_MIB:-64}
+WRK_SECS=${BENCH_WRK_SECS:-10}
+RSS_CLIENTS=${BENCH_RSS_CLIENTS:-32}
+DEADLINE=${BENCH_DEADLINE:-840}
+
+REPO=library/bench
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+CURL_MAX=180          # seconds, per transfer
+
+log() { printf '[%4ds] %s\n' "$(( $(date +%s) - START_EPOCH ))" "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+install_tools() {
+    # command -> Debian package
+    local -A pkg=([docker-registry]=docker-registry [nginx]=nginx-light [wrk]=wrk [curl]=curl
+                  [jq]=jq [python3]=python3 [ps]=procps [awk]=gawk)
+    local missing=() t
+    for t in "${!pkg[@]}"; do
+        command -v "$t" >/dev/null 2>&1 || missing+=("${pkg[$t]}")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    log "installing missing packages: ${missing[*]}"
+    local sudo=()
+    [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -q >/dev/null
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+install_tools || { echo "bench: cannot install the tools it needs" >&2; exit 1; }
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --quiet) || { echo "bench: cargo build --release failed" >&2; exit 1; }
+BERTH_BIN="$ROOT/target/release/berth"
+[[ -x "$BERTH_BIN" ]] || { echo "bench: $BERTH_BIN missing after build" >&2; exit 1; }
+BERTH_VERSION=$("$BERTH_BIN" version 2>/dev/null || echo unknown)
+BERTH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]]; then
+    BERTH_COMMIT="$BERTH_COMMIT+dirty"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Temp dir, process bookkeeping, cleanup
+# ---------------------------------------------------------------------------------------------
+W=$(mktemp -d /tmp/berth-bench.XXXXXX)
+chmod 755 "$W"                      # nginx workers may run as another user
+mkdir -p "$W/logs" "$W/data" "$W/tmp"
+RAW="$W/raw.tsv"                    # key<TAB>value lines; bench/report.py turns them into the table
+: >"$RAW"
+
+declare -A PIDS=()                  # name -> pid of every server we started
+WATCHDOG_PID=""
+REPORTED=0
+
+record() { printf '%s\t%s\n' "$1" "$2" >>"$RAW"; }
+note_error() {
+    log "ERROR: $*"
+    record error "$*"
+}
+
+report() {
+    mkdir -p "$RESULTS_DIR"
+    python3 "$BENCH_DIR/report.py" "$RAW" "$RESULTS_DIR/latest.json" \
+        --meta "berth_version=$BERTH_VERSION" --meta "berth_commit=$BERTH_COMMIT" \
+        --meta "elapsed_s=$(( $(date +%s) - START_EPOCH ))" --meta "host=$(uname -n)" \
+        --meta "cpus=$(nproc)" --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        --meta "distribution=$(docker-registry --version 2>/dev/null | awk '{ print $NF }')" \
+        --meta "nginx=$(nginx -v 2>&1 | sed 's/.*\///')" \
+        --berth-log "$W/logs/berth.err"
+    REPORTED=1
+}
+
+stop_pid() { # pid: TERM, wait <= 5 s, then KILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+stop_server() { # name
+    local name=$1 pid=${PIDS[$1]:-}
+    [[ -z $pid ]] && return 0
+    if [[ $name == nginx ]]; then
+        local workers w
+        workers=$(ps -o pid= --ppid "$pid" 2>/dev/null)
+        stop_pid "$pid"
+        for w in $workers; do stop_pid "$w"; done
+    else
+        stop_pid "$pid"
+    fi
+    unset "PIDS[$name]"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $WATCHDOG_PID ]] && kill "$WATCHDOG_PID" 2>/dev/null && wait "$WATCHDOG_PID" 2>/dev/null
+    local name
+    for name in "${!PIDS[@]}"; do stop_server "$name"; done
+    if [[ $REPORTED -eq 0 && -s $RAW ]]; then
+        note_error "run aborted before the end (exit $rc); partial results follow"
+        report || true
+    fi
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        echo "bench: kept $W" >&2
+    else
+        rm -rf "$W"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# Whole-run bound: the watchdog TERMs this shell; every transfer has its own --max-time.
+( sleep "$DEADLINE"; echo "bench: deadline of ${DEADLINE}s reached, aborting" >&2; kill -TERM $$ ) &
+WATCHDOG_PID=$!
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+free_ports() { # count -> that many free loopback TCP ports
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+read -r UP_PORT PROXY_PORT BERTH_PORT BERTH_MPORT NGINX_PORT <<<"$(free_ports 5)"
+UP="http://127.0.0.1:$UP_PORT"
+PROXY="http://127.0.0.1:$PROXY_PORT"
+BERTH="http://127.0.0.1:$BERTH_PORT"
+BERTH_METRICS="http://127.0.0.1:$BERTH_MPORT/metrics"
+NGINX="http://127.0.0.1:$NGINX_PORT"
+UP_LOG="$W/logs/upstream.err"
+CLK_TCK=$(getconf CLK_TCK)
+
+now() { date +%s.%N; }
+fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
+
+# Wait until URL answers 200 while PID lives. 30 s at most.
+wait_ready() { # name pid url
+    local name=$1 pid=$2 url=$3 i
+    for ((i = 0; i < 300; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            note_error "$name exited during startup: $(tail -c 600 "$W/logs/$name.err" 2>/dev/null | tr '\n' ' ')"
+            return 1
+        fi
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url") == 200 ]] && return 0
+        sleep 0.1
+    done
+    note_error "$name not ready at $url after 30 s: $(tail -c 600 "$W/logs/$name.err" 2>/dev/null | tr '\n' ' ')"
+    return 1
+}
+
+start_bg() { # name cmd... (stdout/stderr into logs/<name>.out|err, appended)
+    local name=$1; shift
+    "$@" >>"$W/logs/$name.out" 2>>"$W/logs/$name.err" &
+    PIDS[$name]=$!
+}
+
+# distribution, plain or proxy mode. registry_conf file rootdir port accesslog_disabled [remoteurl]
+registry_conf() {
+    cat >"$1" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: $4}}
+storage: {filesystem: {rootdirectory: $2}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$3}
+health: {storagedriver: {enabled: false}}
+EOF
+    [[ -n ${5:-} ]] && echo "proxy: {remoteurl: $5}" >>"$1"
+    return 0
+}
+
+start_upstream() {
+    registry_conf "$W/upstream.yml" "$W/upstream-data" "$UP_PORT" false
+    start_bg upstream docker-registry serve "$W/upstream.yml"
+    wait_ready upstream "${PIDS[upstream]}" "$UP/v2/"
+}
+
+PROXY_GEN=0
+start_proxy() { # fresh storage every time
+    PROXY_GEN=$((PROXY_GEN + 1))
+    local dir="$W/proxy-$PROXY_GEN"
+    registry_conf "$W/proxy.yml" "$dir" "$PROXY_PORT" true "$UP"
+    start_bg proxy docker-registry serve "$W/proxy.yml"
+    wait_ready proxy "${PIDS[proxy]}" "$PROXY/v2/"
+}
+restart_proxy_fresh() {
+    stop_server proxy
+    rm -rf "$W/proxy-$PROXY_GEN"
+    start_proxy
+}
+
+BERTH_GEN=0
+BERTH_STORE=""
+start_berth() { # [store]: a fresh store unless one is given
+    if [[ -n ${1:-} ]]; then
+        BERTH_STORE=$1
+    else
+        BERTH_GEN=$((BERTH_GEN + 1))
+        BERTH_STORE="$W/berth-store-$BERTH_GEN"
+    fi
+    cat >"$W/berth.toml" <<EOF
+[server]
+listen = "127.0.0.1:$BERTH_PORT"
+[metrics]
+listen = "127.0.0.1:$BERTH_MPORT"
+[log]
+format = "json"
+level = "warn"
+[storage]
+path = "$BERTH_STORE"
+[cache]
+manifest_ttl = "10m"
+[upstreams.hub]
+url = "$UP"
+aliases = ["docker.io"]
+default = true
+EOF
+    start_bg berth "$BERTH_BIN" serve --config "$W/berth.toml"
+    wait_ready berth "${PIDS[berth]}" "$BERTH/readyz"
+}
+restart_berth_fresh() {
+    local old=$BERTH_STORE
+    stop_server berth
+    [[ -n $old ]] && rm -rf "$old"
+    start_berth
+}
+
+start_nginx() {
+    local p="$W/nginx"
+    mkdir -p "$p/logs" "$p/tmp" "$p/www"
+    ln -f "$BLOB_FILE" "$p/www/blob" 2>/dev/null || cp "$BLOB_FILE" "$p/www/blob"
+    chmod 755 "$p" "$p/www" "$W/data"; chmod 644 "$p/www/blob"
+    local user=""
+    [[ $(id -u) -eq 0 ]] && user="user root;"
+    cat >"$p/nginx.conf" <<EOF
+$user
+worker_processes 1;
+daemon off;
+pid $p/nginx.pid;
+error_log $p/logs/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    default_type application/octet-stream;
+    client_body_temp_path $p/tmp/body;
+    proxy_temp_path $p/tmp/proxy;
+    fastcgi_temp_path $p/tmp/fastcgi;
+    uwsgi_temp_path $p/tmp/uwsgi;
+    scgi_temp_path $p/tmp/scgi;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $p/www;
+        location / { }
+    }
+}
+EOF
+    start_bg nginx nginx -c "$p/nginx.conf" -p "$p"
+    wait_ready nginx "${PIDS[nginx]}" "$NGINX/blob" || return 1
+    # worker_processes 1: the worker is a child of the master
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -n $(ps -o pid= --ppid "${PIDS[nginx]}") ]] && return 0
+        sleep 0.1
+    done
+    return 0
+}
+
+# CPU seconds (utime+stime) of a process; for nginx, master + workers.
+cpu_ticks_of() { # pid
+    [[ -r /proc/$1/stat ]] || { echo 0; return; }
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+cpu_seconds() { # server name
+    local pid=${PIDS[$1]:-} total=0 c
+    [[ -z $pid ]] && { echo 0; return; }
+    total=$(cpu_ticks_of "$pid")
+    if [[ $1 == nginx ]]; then
+        for c in $(ps -o pid= --ppid "$pid"); do
+            total=$((total + $(cpu_ticks_of "$c")))
+        done
+    fi
+    awk -v t="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.4f", t / hz }'
+}
+
+# One GET to /dev/null: prints "code size speed_bytes_per_s time_total"
+fetch() { # url [extra curl args...]
+    local url=$1; shift
+    curl -s -o /dev/null --max-time "$CURL_MAX" "$@" \
+        -w '%{http_code} %{size_download} %{speed_download} %{time_total}\n' "$url" || true
+}
+
+# Upstream access-log tally for one digest: "GETs HEADs bytes_sent_by_GETs lines"
+up_tally() { # hex
+    awk -v d="/blobs/sha256:$1 " '
+        index($0, d) && (index($0, "\"GET /v2/") || index($0, "\"HEAD /v2/")) {
+            split($0, q, "\""); split(q[3], s, " ")
+            if (q[2] ~ /^GET /) { g++; b += s[2] + 0 } else { h++ }
+        }
+        END { printf "%d %d %.0f %d\n", g, h, b, NR }' "$UP_LOG"
+}
+up_lines() { wc -l <"$UP_LOG"; }
+# Background fills may still be running after the client got its bytes: wait until the
+# upstream log has not grown for 2 s (20 s at most).
+wait_upstream_quiet() {
+    local last cur i stable=0
+    last=$(up_lines)
+    for ((i = 0; i < 100 && stable < 10; i++)); do
+        sleep 0.2
+        cur=$(up_lines)
+        if [[ $cur == "$last" ]]; then stable=$((stable + 1)); else stable=0; last=$cur; fi
+    done
+}
+
+# Sum of a berth counter (all label sets, or those matching a label filter regex).
+berth_metric() { # name [label-regex]
+    curl -s --max-time 5 "$BERTH_METRICS" | awk -v n="$1" -v f="${2:-}" '
+        index($0, n) == 1 && (substr($0, length(n) + 1, 1) == "{" || substr($0, length(n) + 1, 1) == " ") {
+            if (f == "" || $0 ~ f) s += $NF
+        }
+        END { printf "%.0f\n", s }'
+}
+
+berth_alive() {
+    local pid=${PIDS[berth]:-}
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && return 0
+    note_error "berth process is not running (${1:-}): $(tail -c 600 "$W/logs/berth.err" 2>/dev/null | tr '\n' ' ')"
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Data: a BLOB_MIB random blob + config + OCI manifest (tag latest), and fresh CONC_MIB blobs
+# ---------------------------------------------------------------------------------------------
+sha_hex() { sha256sum "$1" | cut -d' ' -f1; }
+
+push_blob() { # file hex
+    local loc hdrs sep
+    hdrs=$(curl -s -D - -o /dev/null --max-time 30 -X POST "$UP/v2/$REPO/blobs/uploads/") || return 1
+    loc=$(printf '%s\n' "$hdrs" | awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')
+    [[ -z $loc ]] && { note_error "upstream: no Location on upload POST"; return 1; }
+    [[ $loc == http* ]] || loc="$UP$loc"
+    sep='?'; [[ $loc == *\?* ]] && sep='&'
+    local code
+    code=$(curl -s -o "$W/tmp/put.out" -w '%{http_code}' --max-time 300 -X PUT \
+        -H 'Content-Type: application/octet-stream' -T "$1" "$loc${sep}digest=sha256:$2")
+    [[ $code == 201 ]] || { note_error "upstream: blob PUT returned $code: $(head -c 300 "$W/tmp/put.out")"; return 1; }
+}
+
+BLOB_BYTES=$((BLOB_MIB * 1024 * 1024))
+CONC_BYTES=$((CONC_MIB * 1024 * 1024))
+BLOB_FILE="$W/data/blob"
+
+log "generating a ${BLOB_MIB} MiB random blob"
+head -c "$BLOB_BYTES" /dev/urandom >"$BLOB_FILE"
+BLOB_HEX=$(sha_hex "$BLOB_FILE")
+
+log "starting the upstream registry on :$UP_PORT"
+start_upstream || exit 1
+
+log "pushing the blob, config and manifest (tag latest)"
+push_blob "$BLOB_FILE" "$BLOB_HEX" || exit 1
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"config":{}}' \
+    "$BLOB_HEX" >"$W/data/config.json"
+CONFIG_HEX=$(sha_hex "$W/data/config.json")
+CONFIG_SIZE=$(stat -c %s "$W/data/config.json")
+push_blob "$W/data/config.json" "$CONFIG_HEX" || exit 1
+printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
+    "$OCI_MANIFEST" "$CONFIG_HEX" "$CONFIG_SIZE" "$BLOB_HEX" "$BLOB_BYTES" >"$W/data/manifest.json"
+code=$(curl -s -o "$W/tmp/put.out" -w '%{http_code}' --max-time 30 -X PUT \
+    -H "Content-Type: $OCI_MANIFEST" --data-binary @"$W/data/manifest.json" "$UP/v2/$REPO/manifests/latest")
+[[ $code == 201 ]] || { note_error "upstream: manifest PUT returned $code: $(head -c 300 "$W/tmp/put.out")"; exit 1; }
+
+declare -A CONC_HEX=()
+for n in $CONC_LIST; do
+    f="$W/data/conc-$n"
+    head -c "$CONC_BYTES" /dev/urandom >"$f"
+    CONC_HEX[$n]=$(sha_hex "$f")
+    push_blob "$f" "${CONC_HEX[$n]}" || exit 1
+    rm -f "$f"
+done
+
+BLOB_PATH="/v2/$REPO/blobs/sha256:$BLOB_HEX"
+record meta.blob_bytes "$BLOB_BYTES"
+record meta.conc_blob_bytes "$CONC_BYTES"
+
+log "starting distribution's proxy on :$PROXY_PORT and berth on :$BERTH_PORT"
+start_proxy || exit 1
+start_berth || note_error "berth did not start with a fresh store"
+
+# Warm the upstream's page cache for the blob (and check it serves the whole blob).
+read -r c s _ _ <<<"$(fetch "$UP$BLOB_PATH")"
+[[ $c == 200 && $s == "$BLOB_BYTES" ]] || { note_error "upstream blob GET: HTTP $c, $s bytes"; exit 1; }
+wait_upstream_quiet
+
+# ---------------------------------------------------------------------------------------------
+# 2. Cold pull: berth (fresh store) vs direct upstream GET vs distribution's proxy (fresh)
+#    Runs are interleaved (direct, berth, proxy) so drift hits all three alike.
+# ---------------------------------------------------------------------------------------------
+log "cold pulls of the ${BLOB_MIB} MiB blob, $COLD_RUNS runs each"
+for ((r = 1; r <= COLD_RUNS; r++)); do
+    read -r c s spd _ <<<"$(fetch "$UP$BLOB_PATH")"
+    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then record cold.direct.bps "$spd"
+    else note_error "direct upstream GET run $r: HTTP $c, $s bytes"; fi
+    wait_upstream_quiet
+
+    # berth, fresh store
+    if [[ $r -gt 1 ]]; then restart_berth_fresh || note_error "berth restart (cold run $r) failed"; fi
+    if berth_alive "cold run $r"; then
+        read -r g0 _ b0 _ <<<"$(up_tally "$BLOB_HEX")"
+        m0=$(berth_metric berth_upstream_fetched_bytes_total)
+        read -r c s spd _ <<<"$(fetch "$BERTH$BLOB_PATH")"
+        wait_upstream_quiet
+        read -r g1 _ b1 _ <<<"$(up_tally "$BLOB_HEX")"
+        m1=$(berth_metric berth_upstream_fetched_bytes_total)
+        if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then
+            record cold.berth.bps "$spd"
+        else
+            note_error "berth cold blob GET run $r: HTTP $c, $s of $BLOB_BYTES bytes"
+        fi
+        record cold.berth.upstream_gets "$((g1 - g0))"
+        record cold.berth.upstream_metric_bytes "$((m1 - m0))"
+        record cold.berth.upstream_log_bytes "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+        berth_alive "after cold run $r" || true
+    fi
+
+    # distribution's proxy, fresh storage
+    if [[ $r -gt 1 ]]; then restart_proxy_fresh || { note_error "proxy restart failed"; continue; }; fi
+    read -r g0 _ b0 _ <<<"$(up_tally "$BLOB_HEX")"
+    read -r c s spd _ <<<"$(fetch "$PROXY$BLOB_PATH")"
+    wait_upstream_quiet
+    read -r g1 _ b1 _ <<<"$(up_tally "$BLOB_HEX")"
+    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then record cold.proxy.bps "$spd"
+    else note_error "proxy cold blob GET run $r: HTTP $c, $s bytes"; fi
+    record cold.proxy.upstream_gets "$((g1 - g0))"
+    record cold.proxy.upstream_log_bytes "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 1 + 6. Cached blob throughput and server CPU per GB: berth vs nginx sendfile vs proxy.
+#    berth and the proxy hold the blob from their last cold pull; one more GET each warms the
+#    page cache (and checks berth's bytes); then RUNS interleaved rounds.
+# ---------------------------------------------------------------------------------------------
+log "starting nginx on :$NGINX_PORT"
+start_nginx || note_error "nginx did not start"
+
+log "cached blob GET throughput, $RUNS runs each"
+if berth_alive "cached warm-up"; then
+    got=$(curl -s --max-time "$CURL_MAX" "$BERTH$BLOB_PATH" | sha256sum | cut -d' ' -f1)
+    [[ $got == "$BLOB_HEX" ]] || note_error "berth cached blob GET: body sha256 $got != $BLOB_HEX"
+fi
+fetch "$NGINX/blob" >/dev/null
+fetch "$PROXY$BLOB_PATH" >/dev/null
+read -r pg0 _ _ _ <<<"$(up_tally "$BLOB_HEX")"
+bm0=$(berth_metric berth_upstream_fetched_bytes_total)
+
+declare -A URLS=([berth]="$BERTH$BLOB_PATH" [nginx]="$NGINX/blob" [proxy]="$PROXY$BLOB_PATH")
+declare -A CPU_SUM=([berth]=0 [nginx]=0 [proxy]=0) BYTES_SUM=([berth]=0 [nginx]=0 [proxy]=0)
+for ((r = 1; r <= RUNS; r++)); do
+    for srv in berth nginx proxy; do
+        [[ -z ${PIDS[$srv]:-} ]] && continue
+        c0=$(cpu_seconds "$srv")
+        read -r c s spd _ <<<"$(fetch "${URLS[$srv]}")"
+        c1=$(cpu_seconds "$srv")
+        if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then
+            record "cached.$srv.bps" "$spd"
+            CPU_SUM[$srv]=$(awk -v a="${CPU_SUM[$srv]}" -v x="$c1" -v y="$c0" 'BEGIN { printf "%.4f", a + x - y }')
+            BYTES_SUM[$srv]=$((BYTES_SUM[$srv] + s))
+        else
+            note_error "$srv cached blob GET run $r: HTTP $c, $s of $BLOB_BYTES bytes"
+        fi
+    done
+done
+for srv in berth nginx proxy; do
+    record "cpu.$srv.seconds" "${CPU_SUM[$srv]}"
+    record "cpu.$srv.bytes" "${BYTES_SUM[$srv]}"
+done
+wait_upstream_quiet
+read -r pg1 _ _ _ <<<"$(up_tally "$BLOB_HEX")"
+bm1=$(berth_metric berth_upstream_fetched_bytes_total)
+record cached.upstream_gets_during "$((pg1 - pg0))"
+record cached.berth.upstream_metric_bytes_during "$((bm1 - bm0))"
+stop_server nginx
+
+# ---------------------------------------------------------------------------------------------
+# 4. Manifest GET by tag within the TTL: wrk -t2 -c32 -d10s
+# ---------------------------------------------------------------------------------------------
+MAN_PATH="/v2/$REPO/manifests/latest"
+run_wrk() { # name base-url
+    local name=$1 url="$2$MAN_PATH" code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Accept: $OCI_MANIFEST" "$url")
+    if [[ $code != 200 ]]; then
+        note_error "$name manifest GET by tag: HTTP $code (wrk skipped)"
+        return 1
+    fi
+    timeout $((WRK_SECS + 30)) wrk -t2 -c32 -d"${WRK_SECS}s" --latency -H "Accept: $OCI_MANIFEST" "$url" \
+        >"$W/logs/wrk-$name.txt" 2>&1
+    awk -v n="$name" '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return v + 0
+        }
+        $1 == "Requests/sec:" { print "manifest." n ".rps\t" $2 }
+        $1 == "50%" { print "manifest." n ".p50_ms\t" ms($2) }
+        $1 == "99%" { print "manifest." n ".p99_ms\t" ms($2) }
+        /Non-2xx or 3xx responses:/ { print "manifest." n ".non2xx\t" $NF }
+        /Socket errors:/ { gsub(",", ""); print "manifest." n ".socket_errors\t" $4 + $6 + $8 + $10 }
+        $2 == "requests" && $3 == "in" { print "manifest." n ".requests\t" $1 }
+    ' "$W/logs/wrk-$name.txt" >>"$RAW"
+    grep -q "manifest.$name.rps" "$RAW" || note_error "$name wrk: no result ($(tail -c 300 "$W/logs/wrk-$name.txt" | tr '\n' ' '))"
+}
+log "manifest GET by tag under wrk -t2 -c32 -d${WRK_SECS}s: berth, proxy, upstream"
+if berth_alive "manifest wrk"; then
+    mu0=$(berth_metric berth_upstream_requests_total 'kind="manifest"')
+    run_wrk berth "$BERTH"
+    mu1=$(berth_metric berth_upstream_requests_total 'kind="manifest"')
+    record manifest.berth.upstream_requests "$((mu1 - mu0))"
+    berth_alive "after manifest wrk" || true
+fi
+run_wrk proxy "$PROXY"
+run_wrk upstream "$UP"
+
+# ---------------------------------------------------------------------------------------------
+# 3. N concurrent cold pulls of a fresh CONC_MIB blob: wall time and upstream blob GETs
+# ---------------------------------------------------------------------------------------------
+conc_pull() { # name base-url n hex
+    local name=$1 base=$2 n=$3 hex=$4 i pids=() t0 t1 g0 g1 b0 b1 m0 m1 ok=0 c s
+    read -r g0 _ b0 _ <<<"$(up_tally "$hex")"
+    [[ $name == berth ]] && m0=$(berth_metric berth_upstream_fetched_bytes_total)
+    t0=$(now)
+    for ((i = 1; i <= n; i++)); do
+        curl -s -o /dev/null --max-time "$CURL_MAX" -w '%{http_code} %{size_download}\n' \
+            "$base/v2/$REPO/blobs/sha256:$hex" >"$W/tmp/conc-$name-$n-$i" 2>/dev/null &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    t1=$(now)
+    wait_upstream_quiet
+    read -r g1 _ b1 _ <<<"$(up_tally "$hex")"
+    for ((i = 1; i <= n; i++)); do
+        read -r c s <"$W/tmp/conc-$name-$n-$i"
+        [[ $c == 200 && $s == "$CONC_BYTES" ]] && ok=$((ok + 1))
+    done
+    record "conc.$name.$n.wall_s" "$(fsub "$t1" "$t0")"
+    record "conc.$name.$n.ok" "$ok"
+    record "conc.$name.$n.upstream_gets" "$((g1 - g0))"
+    record "conc.$name.$n.upstream_log_bytes" "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+    if [[ $name == berth ]]; then
+        m1=$(berth_metric berth_upstream_fetched_bytes_total)
+        record "conc.$name.$n.upstream_metric_bytes" "$((m1 - m0))"
+    fi
+    [[ $ok == "$n" ]] || note_error "$name $n concurrent cold pulls: only $ok of $n got HTTP 200 with $CONC_BYTES bytes"
+}
+log "concurrent cold pulls (N = $CONC_LIST) of fresh ${CONC_MIB} MiB blobs"
+for n in $CONC_LIST; do
+    if berth_alive "concurrent N=$n"; then conc_pull berth "$BERTH" "$n" "${CONC_HEX[$n]}"; fi
+    conc_pull proxy "$PROXY" "$n" "${CONC_HEX[$n]}"
+done
+berth_alive "after concurrent pulls" || true
+stop_server proxy
+
+# ---------------------------------------------------------------------------------------------
+# 5. Peak RSS of a fresh berth process while RSS_CLIENTS clients read the cached blob
+# ---------------------------------------------------------------------------------------------
+log "peak RSS: fresh berth, $RSS_CLIENTS concurrent readers of the cached ${BLOB_MIB} MiB blob"
+stop_server berth
+if start_berth "$BERTH_STORE"; then
+    bpid=${PIDS[berth]}
+    record rss.berth.idle_kib "$(awk '/^VmRSS:/ { print $2 }' "/proc/$bpid/status")"
+    read -r g0 _ _ _ <<<"$(up_tally "$BLOB_HEX")"
+    pids=()
+    t0=$(now)
+    for ((i = 1; i <= RSS_CLIENTS; i++)); do
+        curl -s -o /dev/null --max-time 300 -w '%{http_code} %{size_download}\n' \
+            "$BERTH$BLOB_PATH" >"$W/tmp/rss-$i" 2>/dev/null &
+        pids+=($!)
+    done
+    peak=0
+    for ((i = 0; i < 3000; i++)); do   # <= 300 s of 0.1 s samples
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && { alive=1; break; }; done
+        [[ $alive == 0 ]] && break
+        cur=$(awk '/^VmRSS:/ { print $2 }' "/proc/$bpid/status" 2>/dev/null || echo 0)
+        [[ -n $cur && $cur -gt $peak ]] && peak=$cur
+        sleep 0.1
+    done
+    wait "${pids[@]}"
+    t1=$(now)
+    if kill -0 "$bpid" 2>/dev/null; then
+        record rss.berth.hwm_kib "$(awk '/^VmHWM:/ { print $2 }' "/proc/$bpid/status")"
+        record rss.berth.sampled_peak_kib "$peak"
+    else
+        note_error "berth died during the RSS run: $(tail -c 600 "$W/logs/berth.err" | tr '\n' ' ')"
+    fi
+    ok=0
+    for ((i = 1; i <= RSS_CLIENTS; i++)); do
+        read -r c s <"$W/tmp/rss-$i"
+        [[ $c == 200 && $s == "$BLOB_BYTES" ]] && ok=$((ok + 1))
+    done
+    record rss.clients_ok "$ok"
+    record rss.wall_s "$(fsub "$t1" "$t0")"
+    [[ $ok == "$RSS_CLIENTS" ]] || note_error "RSS run: only $ok of $RSS_CLIENTS readers got the whole blob"
+    wait_upstream_quiet
+    read -r g1 _ _ _ <<<"$(up_tally "$BLOB_HEX")"
+    record rss.upstream_gets "$((g1 - g0))"
+else
+    note_error "berth did not restart on its warm store for the RSS run"
+fi
+stop_server berth
+
+log "done in $(( $(date +%s) - START_EPOCH )) s"
+report

@@ -1,0 +1,189 @@
+//! Freshness and offline resilience: no upstream traffic within the TTL, one HEAD per
+//! revalidation, stale tags and cached blobs served when the upstream is down, stalled,
+//! throttling or failing, tags that move, and the circuit breaker.
+//! The elapsed-time checks are hang guards with seconds of slack, not performance assertions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ACCEPT: (&str, &str) = ("accept", "application/vnd.oci.image.manifest.v1+json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_within_ttl_makes_no_upstream_request() {
+    let fake = FakeRegistry::start().await;
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let proxy = TestProxy::start(&fake.url(), "[cache]\nmanifest_ttl = \"10m\"\n").await;
+    for _ in 0..100 {
+        let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+        assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+    }
+    assert_eq!(fake.total_hits(), 1, "one GET, then 99 answers from cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tag_costs_one_head_and_no_get_when_unchanged() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let proxy = TestProxy::start(&fake.url(), "[cache]\nmanifest_ttl = \"0s\"\n").await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await.status,
+            200
+        );
+    }
+    assert_eq!(fake.hits("GET", "/v2/library/app/manifests/v1"), 1, "first pull only");
+    assert_eq!(
+        fake.hits("HEAD", "/v2/library/app/manifests/v1"),
+        9,
+        "one HEAD per revalidation"
+    );
+    assert_eq!(fake.total_hits(), 10);
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains("berth_cache_lookups_total{kind=\"manifest\",result=\"revalidated\",upstream=\"hub\"} 9"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tag_is_served_fresh_and_the_old_digest_stays_pullable() {
+    let fake = FakeRegistry::start().await;
+    let (old, old_bytes) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let proxy = TestProxy::start(&fake.url(), "[cache]\nmanifest_ttl = \"0s\"\n").await;
+    assert_eq!(
+        get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT])
+            .await
+            .header("docker-content-digest"),
+        Some(old.as_str())
+    );
+    let (new, new_bytes) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(20)]);
+    let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(
+        (r.header("docker-content-digest"), r.bytes()),
+        (Some(new.as_str()), &new_bytes)
+    );
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/app/manifests/{new}")),
+        1,
+        "new manifest fetched by digest"
+    );
+    let r = get(&proxy.url(&format!("/v2/library/app/manifests/{old}")), &[ACCEPT]).await;
+    assert_eq!((r.status, r.bytes()), (200, &old_bytes));
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/app/manifests/{old}")),
+        0,
+        "old digest from cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_content_is_served_when_the_upstream_fails() {
+    let cases: Vec<(&str, Option<Fault>, u16)> = vec![
+        ("port closed", None, 503),
+        ("stalled", Some(Fault::Stall), 504),
+        ("429", Some(Fault::Status(429, Some("30"))), 429),
+        ("500 (circuit opens)", Some(Fault::Status(500, None)), 503),
+    ];
+    for (what, fault, uncached_status) in cases {
+        let fake = FakeRegistry::start().await;
+        let layer = random_bytes(50_000);
+        fake.image("library/app", "v1", OCI_MANIFEST, std::slice::from_ref(&layer));
+        let cfg = "[cache]\nmanifest_ttl = \"0s\"\n";
+        let proxy = TestProxy::start(&fake.url(), cfg).await;
+        let m = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+        assert_eq!(m.status, 200, "{what}: warm-up");
+        let layer_digest = sha256(&layer);
+        assert_eq!(
+            get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[])
+                .await
+                .status,
+            200
+        );
+        match &fault {
+            None => fake.stop(),
+            Some(f) => fake.set_global_fault(Some(f.clone())),
+        }
+        // The test proxy's upstream timeout is 2 s; a hang guard with slack.
+        for i in 0..3 {
+            let started = Instant::now();
+            let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+            assert_eq!(
+                (r.status, r.bytes()),
+                (200, m.bytes()),
+                "{what}: stale tag served (pull {i})"
+            );
+            let b = get(&proxy.url(&format!("/v2/library/app/blobs/{layer_digest}")), &[]).await;
+            assert_eq!((b.status, b.bytes()), (200, &layer), "{what}: cached blob served");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{what}: pull {i} took {:?}",
+                started.elapsed()
+            );
+        }
+        let stale = proxy.metrics().await;
+        assert!(stale.contains("result=\"stale\""), "{what}: stale serves are counted");
+        let r = get(&proxy.url("/v2/library/other/manifests/v1"), &[ACCEPT]).await;
+        assert_eq!(
+            r.status, uncached_status,
+            "{what}: uncached tag fails with the right status"
+        );
+        if uncached_status == 429 {
+            assert!(r.header("retry-after").is_some(), "429 carries Retry-After");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_holds_back_further_requests_to_that_upstream() {
+    let fake = FakeRegistry::start().await;
+    fake.set_global_fault(Some(Fault::Status(429, Some("60"))));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    for _ in 0..5 {
+        let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+        assert_eq!(r.status, 429);
+        let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&ra), "Retry-After {ra}");
+    }
+    assert_eq!(fake.total_hits(), 1, "after one 429, berth waits instead of hammering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_when_the_upstream_dies_and_closes_when_it_returns() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let extra = "retries = 0\ncircuit_failures = 2\ncircuit_cooldown = \"1s\"\n";
+    let proxy = TestProxy::start(&fake.url(), extra).await;
+    fake.stop();
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await.status,
+            502,
+            "connect refused"
+        );
+    }
+    let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(r.status, 503, "circuit open: fail fast");
+    assert!(r.header("retry-after").is_some());
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("berth_upstream_errors_total{reason=\"circuit_open\",upstream=\"hub\"}"));
+    let fake = fake.restart().await;
+    let started = Instant::now();
+    let status = loop {
+        let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+        if r.status == 200 || started.elapsed() > Duration::from_secs(10) {
+            break r.status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200, "a probe after the cool-down closes the circuit");
+    assert_eq!(
+        get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await.status,
+        200
+    );
+    assert!(fake.total_hits() >= 1);
+}
