@@ -23,8 +23,8 @@ async fn faulty_blob_transfers_are_never_stored_and_next_pull_succeeds() {
     let cases: Vec<(&str, Vec<Fault>)> = vec![
         ("wrong bytes", vec![Fault::WrongBytes]),
         ("reset on every attempt", vec![Fault::ResetAfter(100_000); 4]),
-        ("status 500", vec![Fault::Status(500, None)]),
-        ("status 503", vec![Fault::Status(503, None)]),
+        ("status 500 on every attempt", vec![Fault::Status(500, None); 3]),
+        ("status 503 on every attempt", vec![Fault::Status(503, None); 3]),
     ];
     for (what, faults) in cases {
         let fake = FakeRegistry::start().await;
@@ -41,6 +41,10 @@ async fn faulty_blob_transfers_are_never_stored_and_next_pull_succeeds() {
         assert!(proxy.stored_files().is_empty(), "{what}: nothing stored");
         let r = get(&url, &[]).await;
         assert_eq!(r.status, 200, "{what}: next request");
+        assert!(
+            fake.state.faults.lock().unwrap().get(&d).is_none_or(|q| q.is_empty()),
+            "{what}: all faults used"
+        );
         assert_eq!(r.bytes(), &blob, "{what}: next request gets the blob");
         assert_eq!(proxy.stored_files().len(), 1, "{what}: stored after a good transfer");
         assert!(proxy.temp_files().is_empty(), "{what}: no temp file left");
@@ -166,13 +170,10 @@ async fn redirects_are_followed_without_leaking_to_private_hosts() {
     // A host name that resolves to loopback but is not configured: refused.
     let d2 = fake.put_blob(random_bytes(5000));
     cdn.put_blob(random_bytes(5000));
-    fake.fault(
-        &d2,
-        Fault::Redirect(format!(
-            "http://localhost:{}/v2/library/app/blobs/{d2}",
-            cdn.addr.port()
-        )),
-    );
+    let to_localhost = format!("http://localhost:{}/v2/library/app/blobs/{d2}", cdn.addr.port());
+    for _ in 0..3 {
+        fake.fault(&d2, Fault::Redirect(to_localhost.clone()));
+    }
     let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d2}")), &[]).await;
     assert_eq!(r.status, 502);
     assert_eq!(

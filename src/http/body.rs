@@ -59,6 +59,10 @@ impl http_body::Body for ChannelBody {
         }
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
     fn size_hint(&self) -> SizeHint {
         match self.remaining {
             Some(r) => SizeHint::with_exact(r),
