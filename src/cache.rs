@@ -7,9 +7,47 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::metrics::Metrics;
 use crate::oci::{inspect_manifest, Digest, MediaType, RepoName, Tag};
-use crate::store::{self, BlobStore, TagRecord, TagStore};
+use crate::store::{self, BlobStore, Evictor, TagRecord, TagStore};
 use crate::upstream::MAX_MANIFEST_BYTES;
+
+/// Make room for `n` incoming bytes (evicting if needed) and reserve them; the caller releases
+/// the reservation with `store.index().release(n)` once the bytes are committed or dropped.
+/// `Ok(false)`: the object cannot be stored (bigger than `max_size`, or the disk is too full
+/// even after eviction); nothing is reserved then.
+pub async fn reserve_space(evictor: &Arc<Evictor>, metrics: &Metrics, n: u64) -> Result<bool, store::Error> {
+    if !evictor.fits(n) {
+        return Ok(false);
+    }
+    let ev = evictor.clone();
+    let report = tokio::task::spawn_blocking(move || ev.make_room(n))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    if let Some(r) = report {
+        tracing::info!(
+            reason = r.reason,
+            objects = r.evicted.len(),
+            bytes = r.bytes,
+            tags = r.tags_removed.len(),
+            "evicted"
+        );
+        metrics.record_eviction(r.reason, r.evicted.len(), r.bytes);
+    }
+    let store = evictor.store();
+    let free = store::free_space(store.root());
+    metrics.record_storage(
+        store.index().used(),
+        evictor.limits().max_size,
+        free,
+        store.index().objects(),
+    );
+    if free.is_some_and(|f| f < n) {
+        store.index().release(n);
+        return Ok(false);
+    }
+    Ok(true)
+}
 
 /// A verified manifest.
 #[derive(Debug, Clone)]
@@ -37,6 +75,8 @@ pub struct TagKey {
 #[derive(Clone)]
 pub struct ManifestCache {
     blobs: BlobStore,
+    evictor: Arc<Evictor>,
+    metrics: Arc<Metrics>,
     tags: TagStore,
     by_digest: moka::sync::Cache<Digest, Arc<Manifest>>,
     tag_records: moka::sync::Cache<TagKey, TagRecord>,
@@ -45,15 +85,27 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     /// A cache over `blobs` and `tags` keeping up to `memory_bytes` of manifests in memory.
-    pub fn new(blobs: BlobStore, tags: TagStore, memory_bytes: u64, negative_ttl: Duration) -> ManifestCache {
+    pub fn new(
+        evictor: Arc<Evictor>,
+        metrics: Arc<Metrics>,
+        tags: TagStore,
+        memory_bytes: u64,
+        negative_ttl: Duration,
+    ) -> ManifestCache {
         ManifestCache {
-            blobs,
+            blobs: evictor.store().clone(),
+            evictor,
+            metrics,
             tags,
             by_digest: moka::sync::Cache::builder()
                 .max_capacity(memory_bytes)
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .build(),
-            tag_records: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            // A short TTL, so `berth cache rm` and eviction on disk show through within seconds.
+            tag_records: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
             negative: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(negative_ttl.max(Duration::from_millis(1)))
@@ -64,6 +116,8 @@ impl ManifestCache {
     /// A stored manifest, verified against its digest. Disk reads run off the async threads.
     pub async fn load(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, store::Error> {
         if let Some(m) = self.by_digest.get(digest) {
+            // Keep the on-disk copy's recency current, or LRU would evict a hot manifest.
+            self.blobs.touch(digest, None);
             return Ok(Some(m));
         }
         let blobs = self.blobs.clone();
@@ -85,13 +139,18 @@ impl ManifestCache {
         Ok(Some(m))
     }
 
-    /// Persist a verified manifest, then remember it.
+    /// Persist a verified manifest (making room for it first), then remember it.
     pub async fn store(&self, m: Arc<Manifest>) -> Result<(), store::Error> {
-        let blobs = self.blobs.clone();
-        let m2 = m.clone();
-        tokio::task::spawn_blocking(move || blobs.store_bytes(&m2.digest, &m2.bytes))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let n = m.bytes.len() as u64;
+        let stored = reserve_space(&self.evictor, &self.metrics, n).await?;
+        if stored {
+            let blobs = self.blobs.clone();
+            let m2 = m.clone();
+            let res = tokio::task::spawn_blocking(move || blobs.store_bytes(&m2.digest, &m2.bytes)).await;
+            self.blobs.index().release(n);
+            res.map_err(|e| std::io::Error::other(e.to_string()))??;
+        }
+        // Not storable (disk full): still served from memory for now.
         self.by_digest.insert(m.digest.clone(), m);
         Ok(())
     }

@@ -109,6 +109,26 @@ pub enum LogFormat {
 pub struct StorageConfig {
     /// Root of the store (blobs, tags, temp files).
     pub path: PathBuf,
+    /// Most bytes the store may hold (`"50GiB"`); least recently used content is evicted.
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_size: Option<u64>,
+    /// Least free space to leave on the file system (`"5GiB"`).
+    #[serde(default, deserialize_with = "opt_size")]
+    pub min_free_space: Option<u64>,
+    /// When evicting, go down to this fraction of `max_size`.
+    #[serde(default = "default_target_ratio")]
+    pub target_ratio: f64,
+    /// How often the background pass checks `min_free_space` and updates storage metrics.
+    #[serde(default = "default_eviction_interval", deserialize_with = "duration")]
+    pub eviction_interval: Duration,
+}
+
+fn default_target_ratio() -> f64 {
+    0.9
+}
+
+fn default_eviction_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[cache]`
@@ -387,6 +407,12 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             err("storage.path is empty".into());
         }
+        if !(0.1..=1.0).contains(&self.storage.target_ratio) {
+            err("storage.target_ratio must be between 0.1 and 1.0".into());
+        }
+        if self.storage.max_size == Some(0) {
+            err("storage.max_size must be greater than zero".into());
+        }
         if self.server.max_connections == 0 {
             err("server.max_connections must be at least 1".into());
         }
@@ -424,6 +450,40 @@ fn set_path(doc: &mut toml::Table, path: &[String], value: toml::Value) -> Resul
 /// Parse `"30s"`, `"10m"`, `"24h"` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parse `"50GiB"`, `"500MB"`, `"1024"` (bytes). IEC (KiB, MiB, GiB, TiB) and SI units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(Some(n)),
+        Raw::S(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -94,6 +94,10 @@ pub enum Error {
         /// Why it was refused (digest mismatch, too large, ambiguous manifest).
         reason: String,
     },
+    /// The blob cannot be cached now (larger than `max_size`, or the disk is full); the
+    /// blob handler then streams it straight from upstream.
+    #[error("blob cannot be cached now")]
+    Uncacheable,
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] store::Error),
@@ -164,6 +168,7 @@ impl Error {
             } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Upstream { .. } | Error::BadContent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Error::Uncacheable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Shared(e) => e.status_and_code(),
         }
     }
@@ -172,7 +177,7 @@ impl Error {
     pub fn origin(&self) -> Origin {
         match self {
             Error::Shared(e) => e.origin(),
-            Error::Store(_) => Origin::Internal,
+            Error::Store(_) | Error::Uncacheable => Origin::Internal,
             Error::UpstreamDenied { .. }
             | Error::UpstreamThrottled { .. }
             | Error::Upstream { .. }
@@ -230,6 +235,11 @@ impl Error {
             _ => {}
         }
         resp
+    }
+
+    /// Whether the blob should be streamed straight from upstream instead of cached.
+    pub fn is_uncacheable(&self) -> bool {
+        matches!(self.innermost(), Error::Uncacheable)
     }
 
     fn innermost(&self) -> &Error {

@@ -22,10 +22,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::reserve_space;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Hasher, RepoName};
-use crate::store::{BlobStore, TempFile};
+use crate::store::{BlobStore, Evictor, ReadGuard, TempFile};
 use crate::upstream::{content_length, Upstream};
 
 /// Bytes per read and per disk write; readers hold at most a few of these each.
@@ -83,7 +84,7 @@ impl Fill {
 
     /// Stream `start..start+len` (or to the end when `len` is `None`) as the fill writes it.
     pub fn read(&self, start: u64, len: Option<u64>) -> mpsc::Receiver<io::Result<Bytes>> {
-        read_file(self.file.clone(), start, len, Some(self.progress.clone()))
+        read_file(self.file.clone(), start, len, Some(self.progress.clone()), None)
     }
 }
 
@@ -106,17 +107,21 @@ pub struct Fills {
     // A std Mutex: held only to look up or insert, never across an await.
     inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
     store: BlobStore,
+    evictor: Arc<Evictor>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Fills {
-    /// Fills writing into `store`; tasks are tracked by `tasks` and stop on `shutdown`.
-    pub fn new(store: BlobStore, metrics: Arc<Metrics>, tasks: TaskTracker, shutdown: CancellationToken) -> Fills {
+    /// Fills writing into the evictor's store; tasks are tracked by `tasks` and stop on
+    /// `shutdown`.
+    pub fn new(evictor: Arc<Evictor>, metrics: Arc<Metrics>, tasks: TaskTracker, shutdown: CancellationToken) -> Fills {
+        let store = evictor.store().clone();
         Fills {
             inflight: Arc::default(),
             store,
+            evictor,
             metrics,
             tasks,
             shutdown,
@@ -167,8 +172,9 @@ impl Fills {
     ) {
         let gauge = self.metrics.inflight_fills.with_label_values(&[upstream.name()]);
         gauge.inc();
+        let mut reserved = None;
         let result = tokio::select! {
-            r = fetch(&upstream, &repo, &digest, &file, &tx) => r,
+            r = self.fetch(&upstream, &repo, &digest, &file, &tx, &mut reserved) => r,
             _ = self.shutdown.cancelled() => Err(Error::Store(io::Error::other("shutting down").into())),
         };
         let result = match result {
@@ -186,10 +192,21 @@ impl Fills {
                 Err(e)
             }
         };
+        match reserved {
+            Some(n) => self.store.index().release(n),
+            // The size was unknown up front: get back under the budget now.
+            None if result.is_ok() => {
+                if let Ok(true) = reserve_space(&self.evictor, &self.metrics, 0).await {
+                    self.store.index().release(0);
+                }
+            }
+            None => {}
+        }
         if let Err(e) = &result {
             let reason = match e {
                 Error::BadContent { .. } => "digest_mismatch",
                 Error::Store(_) => "store",
+                Error::Uncacheable => "uncacheable",
                 _ => "fetch",
             };
             self.metrics
@@ -211,88 +228,102 @@ impl Fills {
     }
 }
 
-/// Fetch the whole blob into `file`, resuming after mid-body failures, and verify it.
-async fn fetch(
-    upstream: &Upstream,
-    repo: &RepoName,
-    digest: &Digest,
-    file: &Arc<File>,
-    tx: &watch::Sender<Progress>,
-) -> Result<u64, Error> {
-    let up_err = |e| Error::from_upstream(upstream.name(), repo, e);
-    let mut hasher = Some(digest.hasher());
-    let mut written: u64 = 0;
-    let mut total: Option<u64> = None;
-    let mut resumes = 0;
-    loop {
-        let resp = upstream.fetch_blob(repo, digest, written).await.map_err(up_err)?;
-        let Some(resp) = resp else {
-            return Err(Error::BlobUnknown(digest.to_string()));
-        };
-        let resumed = written > 0;
-        if resumed && resp.status() != StatusCode::PARTIAL_CONTENT {
-            // The upstream ignored Range: start over (same bytes, if the digest is right).
-            written = 0;
-            hasher = Some(digest.hasher());
-        }
-        if total.is_none() {
-            total = if resp.status() == StatusCode::PARTIAL_CONTENT {
-                resp.headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.rsplit('/').next()?.parse().ok())
-            } else {
-                content_length(resp.headers())
+impl Fills {
+    /// Fetch the whole blob into `file`, resuming after mid-body failures, and verify it. Room
+    /// for the blob is reserved (evicting if needed) before the first byte is written; the
+    /// reservation is left in `reserved` for the caller to release.
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        file: &Arc<File>,
+        tx: &watch::Sender<Progress>,
+        reserved: &mut Option<u64>,
+    ) -> Result<u64, Error> {
+        let up_err = |e| Error::from_upstream(upstream.name(), repo, e);
+        let mut hasher = Some(digest.hasher());
+        let mut written: u64 = 0;
+        let mut total: Option<u64> = None;
+        let mut resumes = 0;
+        loop {
+            let resp = upstream.fetch_blob(repo, digest, written).await.map_err(up_err)?;
+            let Some(resp) = resp else {
+                return Err(Error::BlobUnknown(digest.to_string()));
             };
-        }
-        let _ = tx.send(Progress::Streaming { written, total });
-        let mut body = resp.into_body();
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let outcome: Result<(), String> = loop {
-            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-                Err(_) => break Err("upstream body stalled".into()),
-                Ok(None) => break Ok(()),
-                Ok(Some(Err(e))) => break Err(e.to_string()),
-                Ok(Some(Ok(f))) => f,
+            let resumed = written > 0;
+            if resumed && resp.status() != StatusCode::PARTIAL_CONTENT {
+                // The upstream ignored Range: start over (same bytes, if the digest is right).
+                written = 0;
+                hasher = Some(digest.hasher());
+            }
+            if total.is_none() {
+                total = if resp.status() == StatusCode::PARTIAL_CONTENT {
+                    resp.headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.rsplit('/').next()?.parse().ok())
+                } else {
+                    content_length(resp.headers())
+                };
+            }
+            if resumes == 0 {
+                if let Some(n) = total {
+                    if !reserve_space(&self.evictor, &self.metrics, n).await? {
+                        return Err(Error::Uncacheable);
+                    }
+                    *reserved = Some(n);
+                }
+            }
+            let _ = tx.send(Progress::Streaming { written, total });
+            let mut body = resp.into_body();
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let outcome: Result<(), String> = loop {
+                let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+                    Err(_) => break Err("upstream body stalled".into()),
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(e.to_string()),
+                    Ok(Some(Ok(f))) => f,
+                };
+                let Ok(data) = frame.into_data() else { continue };
+                upstream.record_blob_bytes(data.len() as u64);
+                buf.extend_from_slice(&data);
+                if buf.len() >= CHUNK {
+                    written = write_chunk(file, &mut hasher, written, buf.split().freeze()).await?;
+                    let _ = tx.send(Progress::Streaming { written, total });
+                }
             };
-            let Ok(data) = frame.into_data() else { continue };
-            upstream.record_blob_bytes(data.len() as u64);
-            buf.extend_from_slice(&data);
-            if buf.len() >= CHUNK {
+            if !buf.is_empty() {
                 written = write_chunk(file, &mut hasher, written, buf.split().freeze()).await?;
                 let _ = tx.send(Progress::Streaming { written, total });
             }
-        };
-        if !buf.is_empty() {
-            written = write_chunk(file, &mut hasher, written, buf.split().freeze()).await?;
-            let _ = tx.send(Progress::Streaming { written, total });
+            let complete = outcome.is_ok() && total.is_none_or(|t| written == t);
+            if complete {
+                break;
+            }
+            if total.is_some_and(|t| written > t) || resumes >= MAX_RESUMES {
+                let reason = outcome
+                    .err()
+                    .unwrap_or_else(|| format!("size {written} does not match {total:?}"));
+                return Err(Error::BadContent {
+                    upstream: upstream.name().into(),
+                    reference: digest.to_string(),
+                    reason,
+                });
+            }
+            resumes += 1;
+            tracing::info!(upstream = upstream.name(), digest = %digest, offset = written, "resuming blob fill");
         }
-        let complete = outcome.is_ok() && total.is_none_or(|t| written == t);
-        if complete {
-            break;
-        }
-        if total.is_some_and(|t| written > t) || resumes >= MAX_RESUMES {
-            let reason = outcome
-                .err()
-                .unwrap_or_else(|| format!("size {written} does not match {total:?}"));
+        let actual = hasher.take().expect("hasher is present until the end").finish();
+        if actual != *digest {
             return Err(Error::BadContent {
                 upstream: upstream.name().into(),
                 reference: digest.to_string(),
-                reason,
+                reason: format!("content hashes to {actual}"),
             });
         }
-        resumes += 1;
-        tracing::info!(upstream = upstream.name(), digest = %digest, offset = written, "resuming blob fill");
+        Ok(written)
     }
-    let actual = hasher.take().expect("hasher is present until the end").finish();
-    if actual != *digest {
-        return Err(Error::BadContent {
-            upstream: upstream.name().into(),
-            reference: digest.to_string(),
-            reason: format!("content hashes to {actual}"),
-        });
-    }
-    Ok(written)
 }
 
 /// Write and hash one chunk off the async threads; returns the new length.
@@ -312,15 +343,17 @@ async fn write_chunk(file: &Arc<File>, hasher: &mut Option<Hasher>, offset: u64,
 
 /// Stream `start..start+len` of `file` in [`CHUNK`]s. With `progress`, the file is a fill in
 /// progress: wait for bytes to be written, and end with an error if the fill fails. Stops as
-/// soon as the receiver is dropped (the client went away).
+/// soon as the receiver is dropped (the client went away). `guard` is held until then.
 pub fn read_file(
     file: Arc<File>,
     start: u64,
     len: Option<u64>,
     progress: Option<watch::Receiver<Progress>>,
+    guard: Option<ReadGuard>,
 ) -> mpsc::Receiver<io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
+        let _guard = guard;
         let mut progress = progress;
         let mut pos = start;
         let end = len.map(|l| start + l);

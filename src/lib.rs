@@ -68,6 +68,7 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listener, state.clone(), accept_stop.clone()));
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
+    state.tasks.spawn(storage_pass(state.clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
 
@@ -85,4 +86,21 @@ pub async fn run(
     state.tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every `eviction_interval`: check `min_free_space` (others may fill the disk) and refresh the
+/// storage gauges.
+async fn storage_pass(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.storage.eviction_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        match cache::reserve_space(&state.evictor, &state.metrics, 0).await {
+            Ok(true) => state.blobs.index().release(0),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "storage pass failed"),
+        }
+    }
 }

@@ -34,6 +34,18 @@ pub struct Metrics {
     pub ratelimit_limit: IntGaugeVec,
     /// `berth_upstream_ratelimit_remaining{upstream}`
     pub ratelimit_remaining: IntGaugeVec,
+    /// `berth_storage_used_bytes`
+    pub storage_used: IntGauge,
+    /// `berth_storage_limit_bytes`
+    pub storage_limit: IntGauge,
+    /// `berth_storage_filesystem_free_bytes`
+    pub storage_free: IntGauge,
+    /// `berth_storage_objects`
+    pub storage_objects: IntGauge,
+    /// `berth_evictions_total{reason}`
+    pub evictions: IntCounterVec,
+    /// `berth_evicted_bytes_total{reason}`
+    pub evicted_bytes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -46,6 +58,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid constants");
     r.register(Box::new(c.clone())).expect("each metric is registered once");
     c
+}
+
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric names are valid constants");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -141,6 +159,20 @@ impl Metrics {
                 "Last ratelimit-remaining seen",
                 &["upstream"],
             ),
+            storage_used: plain_gauge(
+                &r,
+                "berth_storage_used_bytes",
+                "Bytes in the store (committed and reserved)",
+            ),
+            storage_limit: plain_gauge(&r, "berth_storage_limit_bytes", "Configured max_size (0: none)"),
+            storage_free: plain_gauge(
+                &r,
+                "berth_storage_filesystem_free_bytes",
+                "Free bytes on the store's file system",
+            ),
+            storage_objects: plain_gauge(&r, "berth_storage_objects", "Objects in the store"),
+            evictions: counter(&r, "berth_evictions_total", "Objects evicted", &["reason"]),
+            evicted_bytes: counter(&r, "berth_evicted_bytes_total", "Bytes evicted", &["reason"]),
             registry: r,
         }
     }
@@ -156,6 +188,23 @@ impl Metrics {
             if r < 10 {
                 tracing::warn!(upstream, remaining = r, "upstream rate limit nearly used up");
             }
+        }
+    }
+
+    /// Record an eviction pass.
+    pub fn record_eviction(&self, reason: &str, objects: usize, bytes: u64) {
+        self.evictions.with_label_values(&[reason]).inc_by(objects as u64);
+        self.evicted_bytes.with_label_values(&[reason]).inc_by(bytes);
+    }
+
+    /// Update the storage gauges.
+    pub fn record_storage(&self, used: u64, limit: Option<u64>, free: Option<u64>, objects: usize) {
+        let set = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&self.storage_used, used);
+        set(&self.storage_objects, objects as u64);
+        set(&self.storage_limit, limit.unwrap_or(0));
+        if let Some(f) = free {
+            set(&self.storage_free, f);
         }
     }
 

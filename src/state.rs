@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::fill::Fills;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
-use crate::store::{BlobStore, TagStore};
+use crate::store::{BlobStore, Evictor, Limits, TagStore};
 use crate::upstream::UpstreamSet;
 
 /// What a coalesced manifest fetch is keyed by.
@@ -38,6 +38,8 @@ pub struct AppState {
     pub upstreams: Arc<UpstreamSet>,
     /// Content-addressed store.
     pub blobs: BlobStore,
+    /// Keeps the store inside its budget.
+    pub evictor: Arc<Evictor>,
     /// Manifests and tags, memory over disk.
     pub manifests: ManifestCache,
     /// Blob fills in progress.
@@ -59,9 +61,17 @@ impl AppState {
     pub fn build(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<AppState, String> {
         let blobs = BlobStore::open(&config.storage.path)
             .map_err(|e| format!("storage.path {}: {e}", config.storage.path.display()))?;
+        let st = &config.storage;
+        let limits = Limits {
+            max_size: st.max_size,
+            min_free_space: st.min_free_space,
+            target_ratio: st.target_ratio,
+        };
+        let evictor = Arc::new(Evictor::new(blobs.clone(), limits));
         let tags = TagStore::new(&config.storage.path);
         let manifests = ManifestCache::new(
-            blobs.clone(),
+            evictor.clone(),
+            metrics.clone(),
             tags,
             config.cache.memory_bytes,
             config.cache.negative_ttl,
@@ -69,11 +79,12 @@ impl AppState {
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let fills = Fills::new(blobs.clone(), metrics.clone(), tasks.clone(), shutdown.clone());
+        let fills = Fills::new(evictor.clone(), metrics.clone(), tasks.clone(), shutdown.clone());
         Ok(AppState {
             config,
             upstreams,
             blobs,
+            evictor,
             manifests,
             fills,
             flights: SingleFlight::default(),

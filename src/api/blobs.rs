@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::header::{ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG};
 use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::{CacheStatus, RequestInfo};
@@ -15,7 +16,7 @@ use crate::http::body::{self, Body};
 use crate::http::range::{decide, RangeDecision};
 use crate::oci::{Digest, RepoName};
 use crate::state::AppState;
-use crate::upstream::Upstream;
+use crate::upstream::{content_length, Upstream};
 
 type Chunks = mpsc::Receiver<std::io::Result<bytes::Bytes>>;
 
@@ -47,16 +48,34 @@ pub async fn get(
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
         return respond(&digest, size, req, "miss", |_, _| unreachable_reader());
     }
-    match state.fills.start_or_join(up.clone(), repo, &digest)? {
+    let source = match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
+        Ok(s) => s,
+        // Cannot even create a temp file (disk full, read-only store): serve from upstream.
+        Err(Error::Store(e)) => {
+            tracing::warn!(digest = %digest, error = %e, "store unwritable: streaming from upstream");
+            lookup("passthrough");
+            return passthrough(&up, &repo, &digest, req).await;
+        }
+        Err(e) => return Err(e),
+    };
+    match source {
         Source::Committed => {
             lookup("hit");
             serve_committed(state, req, &digest)?.ok_or_else(|| Error::BlobUnknown(digest.to_string()))
         }
         Source::Fill { fill, joined } => {
             let cache = if joined { "coalesced" } else { "miss" };
-            lookup(cache);
-            let size = fill.wait_started().await?;
-            respond(&digest, size, req, cache, |start, len| fill.read(start, len))
+            match fill.wait_started().await {
+                Ok(size) => {
+                    lookup(cache);
+                    respond(&digest, size, req, cache, |start, len| fill.read(start, len))
+                }
+                Err(e) if e.is_uncacheable() => {
+                    lookup("passthrough");
+                    passthrough(&up, &repo, &digest, req).await
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }
@@ -66,10 +85,59 @@ fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Resu
         return Ok(None);
     };
     let file = Arc::new(file);
+    let guard = state.blobs.read_guard(digest);
     respond(digest, Some(size), req, "hit", |start, len| {
-        read_file(file, start, len, None)
+        read_file(file, start, len, None, Some(guard))
     })
     .map(Some)
+}
+
+/// Stream a blob straight from upstream without caching it (it cannot be stored now). The
+/// whole blob is sent (Range is ignored, which RFC 9110 allows), hashed on the way, and the
+/// last chunk is held back until the digest checks out, so a bad transfer never ends cleanly.
+async fn passthrough(up: &Upstream, repo: &RepoName, digest: &Digest, req: &RequestInfo) -> Result<Response<Body>> {
+    let resp = up
+        .fetch_blob(repo, digest, 0)
+        .await
+        .map_err(|e| Error::from_upstream(up.name(), repo, e))?;
+    let resp = resp.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
+    let size = content_length(resp.headers());
+    let (tx, rx) = mpsc::channel(2);
+    let (mut body, mut hasher, want) = (resp.into_body(), digest.hasher(), digest.clone());
+    tokio::spawn(async move {
+        let mut held: Option<bytes::Bytes> = None;
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            hasher.update(&data);
+            if let Some(prev) = held.replace(data) {
+                if tx.send(Ok(prev)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let last = if hasher.finish() == want {
+            held.map(Ok)
+        } else {
+            Some(Err(std::io::Error::other("upstream content does not match its digest")))
+        };
+        if let Some(last) = last {
+            let _ = tx.send(last).await;
+        }
+    });
+    let full = RequestInfo {
+        range: None,
+        ..req.clone()
+    };
+    respond(digest, size, &full, "passthrough", |_, _| rx)
 }
 
 /// HEAD never reads, so its reader is never called; an empty channel keeps the types simple.

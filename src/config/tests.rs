@@ -100,3 +100,30 @@ fn env_overrides_replace_and_add_keys() {
 fn secrets_never_print() {
     assert_eq!(format!("{:?}", Secret("hunter2".into())), "***");
 }
+
+#[test]
+fn sizes_parse_with_iec_and_si_units() {
+    let cases = [
+        ("1024", Some(1024)),
+        ("4KiB", Some(4096)),
+        ("1.5GiB", Some(1_610_612_736)),
+        ("500MB", Some(500_000_000)),
+        ("10 MiB", Some(10 << 20)),
+        ("x", None),
+        ("5PB", None),
+    ];
+    for (s, want) in cases {
+        assert_eq!(parse_size(s).ok(), want, "{s:?}");
+    }
+    let c = Config::from_toml_str(&format!("{BASE}")).unwrap();
+    assert_eq!(c.storage.max_size, None);
+    let c = Config::from_toml_str(&BASE.replace(
+        "path = \"/tmp/berth\"",
+        "path = \"/tmp/berth\"\nmax_size = \"2MiB\"\nmin_free_space = 1000",
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.storage.max_size, c.storage.min_free_space),
+        (Some(2 << 20), Some(1000))
+    );
+}

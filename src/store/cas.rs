@@ -6,16 +6,20 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::index::{ReadGuard, StoreIndex};
 use super::Error;
 use crate::oci::Digest;
 
-/// Handle to the store root. Cheap to clone.
+/// Handle to the store root and its index. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    index: Arc<StoreIndex>,
 }
 
 /// A file being written under `tmp/`; removed on drop unless committed.
@@ -43,7 +47,8 @@ impl Drop for TempFile {
 }
 
 impl BlobStore {
-    /// Open (creating) the store at `root` and remove leftover temp files.
+    /// Open (creating) the store at `root` for the server: remove leftover temp files (a
+    /// crash's partial writes) and index the committed content.
     pub fn open(root: &Path) -> Result<BlobStore, Error> {
         for dir in ["blobs", "tmp", "tags"] {
             fs::create_dir_all(root.join(dir))?;
@@ -56,9 +61,38 @@ impl BlobStore {
                 fs::remove_file(&path)?;
             }
         }
+        Self::attach(root)
+    }
+
+    /// Index an existing store without touching `tmp/`: safe beside a running server.
+    pub fn attach(root: &Path) -> Result<BlobStore, Error> {
+        let index = StoreIndex::scan(&root.join("blobs"))?;
         Ok(BlobStore {
             root: root.to_path_buf(),
+            index: Arc::new(index),
         })
+    }
+
+    /// The index of committed content.
+    pub fn index(&self) -> &Arc<StoreIndex> {
+        &self.index
+    }
+
+    /// Keep `digest` off the eviction list while the guard lives.
+    pub fn read_guard(&self, digest: &Digest) -> ReadGuard {
+        self.index.read_guard(digest)
+    }
+
+    /// Note an access (for LRU); writes it to the file's mtime at most once a minute.
+    pub fn touch(&self, digest: &Digest, file: Option<&File>) {
+        if !self.index.touch(digest) {
+            return;
+        }
+        let now = SystemTime::now();
+        let _ = match file {
+            Some(f) => f.set_modified(now),
+            None => File::open(self.blob_path(digest)).and_then(|f| f.set_modified(now)),
+        };
     }
 
     /// The store root.
@@ -81,9 +115,13 @@ impl BlobStore {
         match File::open(self.blob_path(digest)) {
             Ok(f) => {
                 let len = f.metadata()?.len();
+                self.touch(digest, Some(&f));
                 Ok(Some((f, len)))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.index.remove(digest);
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -110,12 +148,14 @@ impl BlobStore {
     /// Make a fully written temp file visible as `digest`. The caller has verified the digest.
     pub fn commit(&self, mut tmp: TempFile, digest: &Digest) -> Result<(), Error> {
         tmp.file.sync_all()?;
+        let size = tmp.file.metadata()?.len();
         let dest = self.blob_path(digest);
         let dir = dest.parent().expect("blob paths always have a parent");
         fs::create_dir_all(dir)?;
         fs::rename(&tmp.path, &dest)?;
         tmp.committed = true;
         File::open(dir)?.sync_all()?;
+        self.index.insert(digest, size);
         Ok(())
     }
 
@@ -146,6 +186,7 @@ impl BlobStore {
 
     /// Remove committed content (absent is fine). Open readers keep their descriptors.
     pub fn remove(&self, digest: &Digest) -> Result<(), Error> {
+        self.index.remove(digest);
         match fs::remove_file(self.blob_path(digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

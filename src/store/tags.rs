@@ -29,6 +29,19 @@ struct OnDisk {
     checked_at: u64,
 }
 
+/// A saved tag with its record (for listing, eviction and gc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEntry {
+    /// Upstream name.
+    pub upstream: String,
+    /// Repository.
+    pub repo: RepoName,
+    /// Tag.
+    pub tag: Tag,
+    /// What it points at.
+    pub record: TagRecord,
+}
+
 /// Handle to `<root>/tags`. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TagStore {
@@ -94,6 +107,60 @@ impl TagStore {
         Ok(())
     }
 
+    /// Every saved tag. Unparsable files and names are skipped.
+    pub fn all(&self) -> Result<Vec<TagEntry>, Error> {
+        let mut out = Vec::new();
+        let ups = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for up in ups.flatten() {
+            let upstream = up.file_name().to_string_lossy().into_owned();
+            self.walk(&up.path(), &upstream, &mut Vec::new(), &mut out)?;
+        }
+        out.sort_by(|a, b| (&a.upstream, &a.repo, &a.tag).cmp(&(&b.upstream, &b.repo, &b.tag)));
+        Ok(out)
+    }
+
+    fn walk(
+        &self,
+        dir: &std::path::Path,
+        upstream: &str,
+        repo: &mut Vec<String>,
+        out: &mut Vec<TagEntry>,
+    ) -> Result<(), Error> {
+        for e in fs::read_dir(dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.path().is_dir() {
+                continue;
+            }
+            if name == "_tags" {
+                let Ok(r) = repo.join("/").parse::<RepoName>() else {
+                    continue;
+                };
+                for t in fs::read_dir(e.path())?.flatten() {
+                    let Ok(tag) = t.file_name().to_string_lossy().parse::<Tag>() else {
+                        continue;
+                    };
+                    if let Some(record) = self.load(upstream, &r, &tag)? {
+                        out.push(TagEntry {
+                            upstream: upstream.to_string(),
+                            repo: r.clone(),
+                            tag,
+                            record,
+                        });
+                    }
+                }
+            } else {
+                repo.push(name);
+                self.walk(&e.path(), upstream, repo, out)?;
+                repo.pop();
+            }
+        }
+        Ok(())
+    }
+
     /// Forget a tag (absent is fine).
     pub fn remove(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> Result<(), Error> {
         match fs::remove_file(self.path(upstream, repo, tag)) {
@@ -126,6 +193,13 @@ mod tests {
         assert_eq!(tags.load("hub", &ab, &c).unwrap(), Some(rec(b"1")));
         assert_eq!(tags.load("hub", &abc, &c).unwrap(), Some(rec(b"2")));
         assert_eq!(tags.load("ghcr", &ab, &c).unwrap(), None, "tags are per upstream");
+        let all: Vec<String> = tags
+            .all()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}/{}:{}", e.upstream, e.repo, e.tag))
+            .collect();
+        assert_eq!(all, vec!["hub/a/b:c", "hub/a/b/c:c"]);
         tags.remove("hub", &ab, &c).unwrap();
         assert_eq!(tags.load("hub", &ab, &c).unwrap(), None);
     }

@@ -164,6 +164,13 @@ impl Berth {
         }
     }
 
+    /// Every request berth logged so far (its JSON `"message":"request"` lines), in order,
+    /// across restarts. Lines that are not request records are skipped.
+    pub fn requests(&self) -> Vec<BerthRequest> {
+        let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
+        text.lines().filter_map(parse_request_line).collect()
+    }
+
     /// berth's stderr (its log), last lines, across restarts.
     pub fn stderr_text(&self) -> String {
         tail_file(&self.stderr_path(), 300)
@@ -260,6 +267,32 @@ impl Drop for Berth {
             );
         }
     }
+}
+
+/// One request as berth logs it (`[log] format = "json"`): method, path without the query,
+/// status and the cache outcome (`hit`, `miss`, `none`, ...).
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BerthRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub cache: String,
+    pub raw: String,
+}
+
+fn parse_request_line(line: &str) -> Option<BerthRequest> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("message")?.as_str()? != "request" {
+        return None;
+    }
+    Some(BerthRequest {
+        method: v.get("method")?.as_str()?.to_string(),
+        path: v.get("path")?.as_str()?.to_string(),
+        status: u16::try_from(v.get("status")?.as_u64()?).ok()?,
+        cache: v.get("cache").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+        raw: line.to_string(),
+    })
 }
 
 fn toml_escape(path: &Path) -> String {

@@ -7,12 +7,20 @@
 //! - [`berth::Berth`]: the binary under test with a generated config.
 //! - [`skopeo`]: `skopeo copy ... dir:` and a verifier for its output.
 //! - [`http`]: a blocking HTTP/1.1 client for exact byte/header checks.
+//! - [`cmd`]: runs a client command with a deadline and captured output.
+//! - [`containerd::Containerd`]: a private containerd daemon and `ctr` pulls via `hosts.toml`.
+//! - [`podman::Podman`]: `podman pull` with all state and config in a temp dir.
+//! - [`docker`]: the machine's Docker engine, and a guard for its `registry-mirrors`.
 //!
 //! Missing tools fail the test with an install hint; nothing is skipped silently.
 
 pub mod berth;
+pub mod cmd;
+pub mod containerd;
+pub mod docker;
 pub mod http;
 pub mod image;
+pub mod podman;
 pub mod registry;
 pub mod skopeo;
 
@@ -25,7 +33,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Debian packages that provide the tools the e2e tests run.
 const INSTALL_HINT: &str = "run scripts/test.sh (it installs the test tools), or: apt-get install -y \
-     --no-install-recommends docker-registry skopeo podman nginx-light wrk umoci busybox-static jq curl";
+     --no-install-recommends docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl";
 
 /// Returns the absolute path of `tool` on `PATH`, or panics with an install hint.
 /// End-to-end tests must never pass by skipping.
@@ -37,6 +45,12 @@ pub fn require_tool(tool: &str) -> PathBuf {
         if is_executable(&candidate) {
             return candidate;
         }
+    }
+    if tool == "docker" {
+        panic!(
+            "required tool `docker` is not on PATH: these tests need a running Docker engine \
+             (Debian: apt-get install docker.io, then start dockerd); scripts/test.sh does not start one"
+        );
     }
     panic!("required tool `{tool}` is not on PATH: {INSTALL_HINT}");
 }

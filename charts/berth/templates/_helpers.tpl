@@ -1,0 +1,175 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "berth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart unless the release name already contains the chart name. */}}
+{{- define "berth.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every resource carries. */}}
+{{- define "berth.labels" -}}
+helm.sh/chart: {{ include "berth.chart" . }}
+{{ include "berth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: registry-cache
+app.kubernetes.io/part-of: berth
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "berth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "berth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "berth.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference: repository@digest or repository:tag (tag defaults to appVersion). */}}
+{{- define "berth.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* Number of replicas actually run. */}}
+{{- define "berth.replicas" -}}
+{{- if eq .Values.kind "Deployment" }}1{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* Port number at the end of a listen address ("0.0.0.0:5000", "[::]:5000"). */}}
+{{- define "berth.portOf" -}}
+{{- $parts := splitList ":" (toString .) }}
+{{- last $parts | int }}
+{{- end }}
+
+{{- define "berth.httpPort" -}}
+{{- if .Values.existingConfigMap }}
+{{- .Values.ports.http | int }}
+{{- else }}
+{{- include "berth.portOf" (.Values.config.server.listen | default "0.0.0.0:5000") }}
+{{- end }}
+{{- end }}
+
+{{/* Metrics container port, or empty when berth runs no metrics listener. */}}
+{{- define "berth.metricsPort" -}}
+{{- if .Values.existingConfigMap }}
+{{- .Values.ports.metrics | int }}
+{{- else if and .Values.config.metrics .Values.config.metrics.listen }}
+{{- include "berth.portOf" .Values.config.metrics.listen }}
+{{- end }}
+{{- end }}
+
+{{/* Where the Secret of upstream credentials is mounted. */}}
+{{- define "berth.secretDir" -}}
+/etc/berth/secrets/{{ . }}
+{{- end }}
+
+{{/*
+The config as rendered into config.toml: .Values.config plus, for each entry of
+upstreamCredentials, password_file (and username when given as a value).
+*/}}
+{{- define "berth.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- $ups := $cfg.upstreams | default dict }}
+{{- range $name, $cred := .Values.upstreamCredentials }}
+{{- if not (hasKey $ups $name) }}
+{{- fail (printf "upstreamCredentials.%s: there is no config.upstreams.%s" $name $name) }}
+{{- end }}
+{{- if not $cred.existingSecret }}
+{{- fail (printf "upstreamCredentials.%s.existingSecret is required" $name) }}
+{{- end }}
+{{- if and (not $cred.username) (not $cred.usernameKey) }}
+{{- fail (printf "upstreamCredentials.%s: set username or usernameKey" $name) }}
+{{- end }}
+{{- $up := get $ups $name }}
+{{- $_ := set $up "password_file" (printf "%s/%s" (include "berth.secretDir" $name) ($cred.passwordKey | default "password")) }}
+{{- if $cred.username }}
+{{- $_ := set $up "username" $cred.username }}
+{{- end }}
+{{- end }}
+{{- include "berth.toml.table" (dict "path" list "map" $cfg) }}
+{{- end }}
+
+{{/* BERTH_UPSTREAMS__<NAME>__USERNAME: the env override for an upstream's username. */}}
+{{- define "berth.usernameEnv" -}}
+BERTH_UPSTREAMS__{{ . | upper }}__USERNAME
+{{- end }}
+
+{{/*
+A small TOML writer for the config (Helm's toToml prints every YAML number as a float, which
+berth's integer keys reject). Whole numbers print as integers, strings as JSON strings (valid
+TOML basic strings), lists inline, maps as [tables]; null values are left out.
+*/}}
+{{- define "berth.toml.key" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
+
+{{- define "berth.toml.value" -}}
+{{- $k := kindOf . }}
+{{- if eq $k "string" }}{{ toJson . }}
+{{- else if eq $k "bool" }}{{ . }}
+{{- else if or (eq $k "float64") (eq $k "float32") }}{{ if eq (floor .) (float64 .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if or (eq $k "int") (eq $k "int64") (eq $k "int32") (eq $k "uint64") (eq $k "uint32") }}{{ . }}
+{{- else if eq $k "slice" }}[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "berth.toml.value" $e }}{{ end }}]
+{{- else if eq $k "map" }}{ {{- $first := true }}{{ range $mk, $mv := . }}{{ if not (kindIs "invalid" $mv) }}{{ if not $first }},{{ end }}{{ $first = false }} {{ include "berth.toml.key" $mk }} = {{ include "berth.toml.value" $mv }}{{ end }}{{ end }} }
+{{- else }}{{ fail (printf "config: cannot write a %s value as TOML" $k) }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.toml.table" -}}
+{{- $path := .path }}
+{{- $m := .map }}
+{{- $scalars := 0 }}
+{{- range $k, $v := $m }}{{ if and (not (kindIs "invalid" $v)) (not (kindIs "map" $v)) }}{{ $scalars = add1 $scalars }}{{ end }}{{ end }}
+{{- if and $path (or $scalars (not $m)) }}
+
+[{{ join "." $path }}]
+{{- end }}
+{{- range $k, $v := $m }}
+{{- if and (not (kindIs "invalid" $v)) (not (kindIs "map" $v)) }}
+{{ include "berth.toml.key" $k }} = {{ include "berth.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := $m }}
+{{- if kindIs "map" $v }}
+{{- include "berth.toml.table" (dict "path" (append $path (include "berth.toml.key" $k)) "map" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* storageClassName line: omitted for "" (cluster default), empty string for "-". */}}
+{{- define "berth.storageClass" -}}
+{{- if .Values.persistence.storageClass }}
+{{- if eq "-" .Values.persistence.storageClass }}
+storageClassName: ""
+{{- else }}
+storageClassName: {{ .Values.persistence.storageClass | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

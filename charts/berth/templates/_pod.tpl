@@ -1,0 +1,172 @@
+{{/* The pod template shared by the StatefulSet and the Deployment. */}}
+{{- define "berth.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "berth.labels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    {{- if not .Values.existingConfigMap }}
+    checksum/config: {{ include "berth.config" . | sha256sum }}
+    {{- end }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "berth.serviceAccountName" . }}
+  automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- with .Values.initContainers }}
+  initContainers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: berth
+      image: {{ include "berth.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        - serve
+        - --config
+        - /etc/berth/config.toml
+        {{- range .Values.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      {{- $env := include "berth.env" . | trim }}
+      {{- if $env }}
+      env:
+        {{- $env | nindent 8 }}
+      {{- end }}
+      {{- with .Values.extraEnvFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - name: http
+          containerPort: {{ include "berth.httpPort" . }}
+          protocol: TCP
+        {{- $metricsPort := include "berth.metricsPort" . }}
+        {{- if $metricsPort }}
+        - name: metrics
+          containerPort: {{ $metricsPort }}
+          protocol: TCP
+        {{- end }}
+      {{- range $probe := list "startupProbe" "readinessProbe" "livenessProbe" }}
+      {{- $p := get $.Values $probe }}
+      {{- if $p.enabled }}
+      {{ $probe }}:
+        {{- toYaml (omit $p "enabled") | nindent 8 }}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.lifecycle }}
+      lifecycle:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/berth/config.toml
+          subPath: config.toml
+          readOnly: true
+        - name: data
+          mountPath: {{ .Values.config.storage.path | default "/var/lib/berth" }}
+        - name: tmp
+          mountPath: /tmp
+        {{- range $name, $cred := .Values.upstreamCredentials }}
+        - name: {{ printf "upstream-%s" $name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+          mountPath: {{ include "berth.secretDir" $name }}
+          readOnly: true
+        {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    {{- with .Values.sidecars }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ .Values.existingConfigMap | default (include "berth.fullname" .) }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
+    {{- if not .Values.persistence.enabled }}
+    - name: data
+      emptyDir:
+        {{- with .Values.persistence.emptyDirSizeLimit }}
+        sizeLimit: {{ . }}
+        {{- end }}
+    {{- else if .Values.persistence.existingClaim }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ .Values.persistence.existingClaim }}
+    {{- else if eq .Values.kind "Deployment" }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ include "berth.fullname" . }}
+    {{- end }}
+    {{- range $name, $cred := .Values.upstreamCredentials }}
+    - name: {{ printf "upstream-%s" $name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" }}
+      secret:
+        secretName: {{ $cred.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ $cred.passwordKey | default "password" }}
+            path: {{ $cred.passwordKey | default "password" }}
+    {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if .Values.topologySpreadConstraints }}
+  {{- $constraints := list }}
+  {{- range .Values.topologySpreadConstraints }}
+  {{- $c := deepCopy . }}
+  {{- if not $c.labelSelector }}
+  {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "berth.selectorLabels" $ | fromYaml)) }}
+  {{- end }}
+  {{- $constraints = append $constraints $c }}
+  {{- end }}
+  topologySpreadConstraints:
+    {{- toYaml $constraints | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* Environment of the berth container: usernames from Secrets, then extraEnv. */}}
+{{- define "berth.env" -}}
+{{- range $name, $cred := .Values.upstreamCredentials }}
+{{- if and $cred.usernameKey (not $cred.username) }}
+- name: {{ include "berth.usernameEnv" $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $cred.existingSecret }}
+      key: {{ $cred.usernameKey }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

