@@ -35,7 +35,7 @@ pub async fn get(
             .with_label_values(&["blob", up.name(), result])
             .inc()
     };
-    if let Some(resp) = serve_committed(state, req, &digest)? {
+    if let Some(resp) = serve_committed(state, req, &digest).await? {
         lookup("hit");
         return Ok(resp);
     }
@@ -61,7 +61,9 @@ pub async fn get(
     match source {
         Source::Committed => {
             lookup("hit");
-            serve_committed(state, req, &digest)?.ok_or_else(|| Error::BlobUnknown(digest.to_string()))
+            serve_committed(state, req, &digest)
+                .await?
+                .ok_or_else(|| Error::BlobUnknown(digest.to_string()))
         }
         Source::Fill { fill, joined } => {
             let cache = if joined { "coalesced" } else { "miss" };
@@ -80,7 +82,18 @@ pub async fn get(
     }
 }
 
-fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Result<Option<Response<Body>>> {
+/// Serve committed content. Content found on disk at start is hashed once before its first
+/// use; a file that does not match is removed and treated as a miss.
+async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Result<Option<Response<Body>>> {
+    if !state.blobs.index().is_verified(digest) && state.blobs.contains(digest) {
+        let (store, d) = (state.blobs.clone(), digest.clone());
+        let ok = tokio::task::spawn_blocking(move || store.verify(&d))
+            .await
+            .map_err(|e| Error::Store(std::io::Error::other(e.to_string()).into()))??;
+        if !ok {
+            return Ok(None);
+        }
+    }
     let Some((file, size)) = state.blobs.open_blob(digest)? else {
         return Ok(None);
     };

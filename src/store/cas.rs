@@ -181,7 +181,37 @@ impl BlobStore {
             self.remove(digest)?;
             return Ok(None);
         }
+        self.index.set_verified(digest);
         Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Check content found on disk at start against its digest before its first use: a match
+    /// is remembered, a mismatch is removed (so it is refetched, never served). Blocking.
+    pub fn verify(&self, digest: &Digest) -> Result<bool, Error> {
+        if self.index.is_verified(digest) {
+            return Ok(true);
+        }
+        let mut file = match File::open(self.blob_path(digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = digest.hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if hasher.finish() == *digest {
+            self.index.set_verified(digest);
+            return Ok(true);
+        }
+        tracing::warn!(digest = %digest, "stored content does not match its digest: removed");
+        self.remove(digest)?;
+        Ok(false)
     }
 
     /// Remove committed content (absent is fine). Open readers keep their descriptors.
@@ -230,6 +260,23 @@ mod tests {
             0,
             "start removes temp files"
         );
+    }
+
+    #[test]
+    fn blobs_found_at_start_are_verified_before_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let good = Digest::of(Algorithm::Sha256, b"good");
+        let bad = Digest::of(Algorithm::Sha256, b"bad");
+        store.store_bytes(&good, b"good").unwrap();
+        store.store_bytes(&bad, b"bad").unwrap();
+        fs::write(store.blob_path(&bad), b"rot").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert!(!store.index().is_verified(&good), "unknown after a restart");
+        assert!(store.verify(&good).unwrap());
+        assert!(store.index().is_verified(&good));
+        assert!(!store.verify(&bad).unwrap(), "mismatch is a miss");
+        assert!(!store.contains(&bad), "and is removed");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Entry {
     pub last_access: SystemTime,
     persisted: SystemTime,
     readers: u32,
+    /// Hashed by this process (committed by a fill, or checked since start).
+    verified: bool,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,7 @@ impl StoreIndex {
                             last_access: t,
                             persisted: t,
                             readers: 0,
+                            verified: false,
                         },
                     );
                 }
@@ -101,6 +104,7 @@ impl StoreIndex {
                 last_access: now,
                 persisted: now,
                 readers: 0,
+                verified: true,
             },
         );
         g.used = g.used - old.map_or(0, |e| e.size) + size;
@@ -127,6 +131,18 @@ impl StoreIndex {
             return true;
         }
         false
+    }
+
+    /// Whether the object was hashed since this process started (unknown objects: false).
+    pub fn is_verified(&self, digest: &Digest) -> bool {
+        self.lock().entries.get(digest).is_some_and(|e| e.verified)
+    }
+
+    /// Record that the object's content was checked.
+    pub fn set_verified(&self, digest: &Digest) {
+        if let Some(e) = self.lock().entries.get_mut(digest) {
+            e.verified = true;
+        }
     }
 
     /// Protect `digest` from eviction until the guard drops.

@@ -423,12 +423,17 @@ impl TestProxy {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, upstream_url: &str, extra: &str) -> TestProxy {
+        Self::start_with(dir, upstream_url, "", extra).await
+    }
+
+    /// Like `start_in`, with extra `[storage]` keys.
+    pub async fn start_with(dir: tempfile::TempDir, upstream_url: &str, storage: &str, extra: &str) -> TestProxy {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("berth=debug")
             .try_init();
         let text = format!(
-            "[storage]\npath = {:?}\n[upstreams.hub]\nurl = \"{upstream_url}\"\naliases = [\"docker.io\"]\ndefault = true\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n{extra}",
+            "[storage]\npath = {:?}\n{storage}\n[upstreams.hub]\nurl = \"{upstream_url}\"\naliases = [\"docker.io\"]\ndefault = true\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n{extra}",
             dir.path().join("store")
         );
         let config = berth::Config::from_toml_str(&text).expect("test config parses");

@@ -72,16 +72,15 @@ pub struct DaemonLock {
 /// Takes the lock that serialises every test using the Docker engine (blocks until free).
 #[allow(dead_code)]
 pub fn lock_daemon() -> DaemonLock {
-    use std::os::fd::AsRawFd as _;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(LOCK_PATH)
         .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
-    // SAFETY: flock on a file descriptor we own; released when the file is closed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock {LOCK_PATH}: {}", std::io::Error::last_os_error());
+    // Released when the file is closed (also when the process dies).
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .unwrap_or_else(|e| panic!("flock {LOCK_PATH}: {e}"));
     DaemonLock { _file: file }
 }
 
@@ -235,14 +234,16 @@ impl MirrorGuard {
 
     /// Sends SIGHUP to dockerd and waits until `docker info` lists exactly `mirrors`.
     fn reload_until(&self, mirrors: &[String]) -> Result<(), String> {
-        // SAFETY: sending a signal to a pid has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(self.dockerd_pid, libc::SIGHUP) };
-        if rc != 0 {
-            return Err(format!(
-                "SIGHUP to dockerd {}: {}",
-                self.dockerd_pid,
-                std::io::Error::last_os_error()
-            ));
+        // The shell's `kill` builtin: no signal API among this crate's dependencies.
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("kill -HUP \"$1\"")
+            .arg("sh")
+            .arg(self.dockerd_pid.to_string());
+        let sent = cmd::run(&mut command, Duration::from_secs(10));
+        if !sent.success() {
+            return Err(format!("SIGHUP to dockerd {}: {}", self.dockerd_pid, sent.describe()));
         }
         let want: Vec<String> = mirrors.iter().map(|m| m.trim_end_matches('/').to_string()).collect();
         let deadline = Instant::now() + RELOAD_TIMEOUT;
