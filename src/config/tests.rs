@@ -115,7 +115,7 @@ fn sizes_parse_with_iec_and_si_units() {
     for (s, want) in cases {
         assert_eq!(parse_size(s).ok(), want, "{s:?}");
     }
-    let c = Config::from_toml_str(&format!("{BASE}")).unwrap();
+    let c = Config::from_toml_str(BASE).unwrap();
     assert_eq!(c.storage.max_size, None);
     let c = Config::from_toml_str(&BASE.replace(
         "path = \"/tmp/berth\"",
