@@ -106,17 +106,15 @@ def build(d, errors):
     row(2, "  distribution proxy cold pull MB/s", cpx and cpx / MB, "direct upstream GET", cd and cd / MB,
         ratio(cpx, cd), "(context)", unit="MB/s")
     mb = d.med("cold.berth.upstream_metric_bytes")
-    row(2, "upstream bytes per cold pull (berth metric)", mb and mb / MIB, "blob size", blob and blob / MIB,
+    row(2, "upstream MiB per cold pull (berth metric)", mb and mb / MIB, "blob size", blob and blob / MIB,
         ratio(mb, blob), "1.0x blob", lambda x: abs(x - 1.0) < 0.001, "MiB")
     lb, lp = d.med("cold.berth.upstream_log_bytes"), d.med("cold.proxy.upstream_log_bytes")
-    row(2, "upstream bytes per cold pull (upstream access log)", lb and lb / MIB, "distribution proxy",
+    row(2, "upstream MiB per cold pull (upstream access log)", lb and lb / MIB, "distribution proxy",
         lp and lp / MIB, None, "(context)", unit="MiB",
         note=f"proxy = {ratio(lp, blob):.2f}x blob" if lp is not None and blob else "")
     gb, gp = d.med("cold.berth.upstream_gets"), d.med("cold.proxy.upstream_gets")
     row(2, "upstream blob GETs per cold pull (access log)", gb, "distribution proxy", gp, None, "1 (berth)",
         (lambda x: x == 1) if gb is not None else None, "requests")
-    # fix: the check for GET count is on the berth value, not a ratio
-    rows[-1]["met"] = None if gb is None else gb == 1
 
     # 3. N concurrent cold pulls
     ns = sorted({int(k.split(".")[2]) for k in d.samples if k.startswith("conc.")})
@@ -160,9 +158,10 @@ def build(d, errors):
     hwm = d.med("rss.berth.hwm_kib")
     idle = d.med("rss.berth.idle_kib")
     ok = d.med("rss.clients_ok")
-    row(5, "berth peak RSS (VmHWM), concurrent readers of cached blob", hwm and hwm / 1024, None, None, None,
+    clients = d.med("rss.clients")
+    row(5, f"berth peak RSS MiB (VmHWM), {clients:.0f} readers of cached blob" if clients else "berth peak RSS MiB (VmHWM)", hwm and hwm / 1024, None, None, None,
         "< 64 MiB", lambda x: x < 64, "MiB",
-        note=(f"idle {idle / 1024:.1f} MiB; " if idle else "") + (f"{ok:.0f} readers complete; " if ok is not None else "")
+        note=(f"idle {idle / 1024:.1f} MiB; " if idle else "") + (f"{ok:.0f}/{clients:.0f} readers complete; " if ok is not None and clients else "")
         + (f"upstream GETs {d.med('rss.upstream_gets'):.0f}" if d.med("rss.upstream_gets") is not None else ""))
     return rows
 
@@ -174,7 +173,7 @@ def table(rows):
         status = "" if r["met"] is None and r["target"] and r["target"].startswith("(") else \
             ("n/a" if r["met"] is None else "met" if r["met"] else "MISSED")
         out.append([
-            str(r["step"]), r["measurement"] + (f" [{r['unit']}]" if r["unit"] else ""),
+            str(r["step"]), r["measurement"],
             fmt(r["berth"]), r["reference_name"] or "", fmt(r["reference"]) if r["reference_name"] else "",
             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "", status,
         ])

@@ -61,9 +61,14 @@ install_tools() {
 install_tools || { echo "bench: cannot install the tools it needs" >&2; exit 1; }
 
 log "cargo build --release"
-(cd "$ROOT" && cargo build --release --quiet) || { echo "bench: cargo build --release failed" >&2; exit 1; }
 BERTH_BIN="$ROOT/target/release/berth"
-[[ -x "$BERTH_BIN" ]] || { echo "bench: $BERTH_BIN missing after build" >&2; exit 1; }
+BUILD_ERROR=""
+if ! (cd "$ROOT" && cargo build --release --quiet); then
+    # The tree may be mid-edit: benchmark the last good binary if there is one, and say so.
+    [[ -x "$BERTH_BIN" ]] || { echo "bench: cargo build --release failed and there is no $BERTH_BIN" >&2; exit 1; }
+    BUILD_ERROR="cargo build --release failed; benchmarked the previous $BERTH_BIN (built $(date -u -r "$BERTH_BIN" +%Y-%m-%dT%H:%M:%SZ))"
+    echo "bench: WARNING: $BUILD_ERROR" >&2
+fi
 BERTH_VERSION=$("$BERTH_BIN" version 2>/dev/null || echo unknown)
 BERTH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]]; then
@@ -78,6 +83,7 @@ chmod 755 "$W"                      # nginx workers may run as another user
 mkdir -p "$W/logs" "$W/data" "$W/tmp"
 RAW="$W/raw.tsv"                    # key<TAB>value lines; bench/report.py turns them into the table
 : >"$RAW"
+[[ -n $BUILD_ERROR ]] && printf 'error\t%s\n' "$BUILD_ERROR" >>"$RAW"
 
 declare -A PIDS=()                  # name -> pid of every server we started
 WATCHDOG_PID=""
@@ -149,7 +155,15 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 # Whole-run bound: the watchdog TERMs this shell; every transfer has its own --max-time.
-( sleep "$DEADLINE"; echo "bench: deadline of ${DEADLINE}s reached, aborting" >&2; kill -TERM $$ ) &
+# (The subshell kills its own sleep when it is TERMed, so no stray process keeps stdout open.)
+(
+    trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$DEADLINE" &
+    sp=$!
+    wait "$sp"
+    echo "bench: deadline of ${DEADLINE}s reached, aborting" >&2
+    kill -TERM $$
+) </dev/null >/dev/null &
 WATCHDOG_PID=$!
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +184,7 @@ PROXY="http://127.0.0.1:$PROXY_PORT"
 BERTH="http://127.0.0.1:$BERTH_PORT"
 BERTH_METRICS="http://127.0.0.1:$BERTH_MPORT/metrics"
 NGINX="http://127.0.0.1:$NGINX_PORT"
-UP_LOG="$W/logs/upstream.err"
+UP_LOG="$W/logs/upstream.out"    # distribution writes its access log to stdout
 CLK_TCK=$(getconf CLK_TCK)
 
 now() { date +%s.%N; }
@@ -642,6 +656,7 @@ if start_berth "$BERTH_STORE"; then
         read -r c s <"$W/tmp/rss-$i"
         [[ $c == 200 && $s == "$BLOB_BYTES" ]] && ok=$((ok + 1))
     done
+    record rss.clients "$RSS_CLIENTS"
     record rss.clients_ok "$ok"
     record rss.wall_s "$(fsub "$t1" "$t0")"
     [[ $ok == "$RSS_CLIENTS" ]] || note_error "RSS run: only $ok of $RSS_CLIENTS readers got the whole blob"

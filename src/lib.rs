@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod error;

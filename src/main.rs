@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use berth::cli::{self, CliError};
 use berth::config::{Config, LogFormat, Severity};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,67 @@ enum Command {
     CheckConfig,
     /// Print the version.
     Version,
+    /// Inspect and edit the cache (safe while the server runs).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Remove expired tags and content nothing references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pull images into the cache through a running berth.
+    Warm {
+        /// Image references (`alpine:3.20`, `ghcr.io/org/app:v1`, `repo@sha256:...`).
+        refs: Vec<String>,
+        /// Read more references from a file, one per line (`#` starts a comment).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// `os/arch[/variant]` of index children to fetch; all platforms when unset.
+        #[arg(long)]
+        platform: Option<String>,
+        /// berth's URL; default: `[server] listen` on loopback.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Exit 0 if berth answers `/livez` (for Docker HEALTHCHECK in images without curl).
+    Healthcheck {
+        /// URL to check; default: `[server] listen` on loopback + `/livez`.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Objects, bytes, limit, free space, tags per upstream, hit ratio.
+    Stats {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cached tags with digests, sizes and last use.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove tags or objects (`alpine:3.20`, `repo@sha256:...`, `sha256:...`).
+    Rm {
+        /// References to remove.
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
+    /// Exempt an image and everything it references from eviction.
+    Pin {
+        /// The image reference.
+        reference: String,
+    },
+    /// Remove a pin.
+    Unpin {
+        /// The pinned reference or its digest.
+        reference: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +114,29 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Cache(_) | Command::Gc { .. } | Command::Warm { .. } | Command::Healthcheck { .. } => {
+            let config = match load(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berth: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(admin(&config, cli.command)) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    ExitCode::from(e.code)
+                }
+            }
+        }
         Command::Serve => {
             let config = match load(&cli) {
                 Ok(c) => c,
@@ -67,6 +152,50 @@ fn main() -> ExitCode {
             };
             rt.block_on(serve(config))
         }
+    }
+}
+
+async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
+    match command {
+        Command::Cache(CacheCommand::Stats { json }) => cli::cache::stats(config, json).await,
+        Command::Cache(CacheCommand::Ls { json }) => cli::cache::ls(config, json),
+        Command::Cache(CacheCommand::Rm { refs }) => cli::cache::rm(config, &refs),
+        Command::Cache(CacheCommand::Pin { reference }) => cli::cache::pin(config, &reference),
+        Command::Cache(CacheCommand::Unpin { reference }) => cli::cache::unpin(config, &reference),
+        Command::Gc { dry_run } => cli::gc::run(config, dry_run),
+        Command::Warm {
+            mut refs,
+            file,
+            platform,
+            server,
+        } => {
+            if let Some(f) = file {
+                let text = std::fs::read_to_string(&f).map_err(|e| CliError::new(format!("{}: {e}", f.display())))?;
+                refs.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            if refs.is_empty() {
+                return Err(CliError {
+                    code: 64,
+                    message: "warm: no image references given".into(),
+                });
+            }
+            let server = server.unwrap_or_else(|| cli::warm::default_server(config));
+            let platform = platform.filter(|p| p != "all");
+            cli::warm::run(config, server.trim_end_matches('/'), &refs, platform.as_deref()).await
+        }
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| format!("{}/livez", cli::warm::default_server(config)));
+            cli::warm::fetch_text(&url)
+                .await
+                .map(|_| String::new())
+                .map_err(CliError::new)
+        }
+        Command::Serve | Command::CheckConfig | Command::Version => Err(CliError::new("not an admin command")),
     }
 }
 

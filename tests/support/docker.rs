@@ -121,6 +121,11 @@ impl Drop for PulledImages {
 /// While alive, dockerd runs with `registry-mirrors = [<mirror>]`.
 #[allow(dead_code)]
 pub struct MirrorGuard {
+    change: DaemonJsonChange,
+}
+
+/// A change to dockerd's config file and how to undo it (the guard's Drop calls `restore`).
+struct DaemonJsonChange {
     daemon_json: PathBuf,
     backup: PathBuf,
     dockerd_pid: i32,
@@ -167,7 +172,7 @@ impl MirrorGuard {
                 daemon_json.display()
             );
             let saved = std::fs::read(&backup).map_err(|e| format!("read {}: {e}", backup.display()))?;
-            let stale = MirrorGuard {
+            let stale = DaemonJsonChange {
                 daemon_json: daemon_json.clone(),
                 backup: backup.clone(),
                 dockerd_pid: pid,
@@ -189,28 +194,30 @@ impl MirrorGuard {
                 backup.display()
             )
         })?;
-        let guard = MirrorGuard {
+        let change = DaemonJsonChange {
             daemon_json,
             backup,
             dockerd_pid: pid,
             original,
         };
-        if let Err(e) = write_json(&guard.daemon_json, &config) {
-            let _ = guard.restore();
-            return Err(e);
-        }
-        if let Err(e) = guard.reload_until(&[mirror_url.to_string()]) {
-            let restored = guard.restore();
+        if let Err(e) = write_json(&change.daemon_json, &config) {
+            let restored = change.restore();
             return Err(format!("{e} (restore: {restored:?})"));
         }
-        Ok(guard)
+        if let Err(e) = change.reload_until(&[mirror_url.to_string()]) {
+            let restored = change.restore();
+            return Err(format!("{e} (restore: {restored:?})"));
+        }
+        Ok(MirrorGuard { change })
     }
 
     /// The config file the guard changed.
     pub fn daemon_json(&self) -> &Path {
-        &self.daemon_json
+        &self.change.daemon_json
     }
+}
 
+impl DaemonJsonChange {
     /// Puts the original mirrors into effect, then the original bytes back; removes the backup.
     fn restore(&self) -> Result<(), String> {
         let mut config = parse_object(self.original.as_deref(), &self.daemon_json)?;
@@ -266,11 +273,11 @@ impl MirrorGuard {
 
 impl Drop for MirrorGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.restore() {
+        if let Err(e) = self.change.restore() {
             let msg = format!(
                 "restoring {} failed: {e}; the original is in {}",
-                self.daemon_json.display(),
-                self.backup.display()
+                self.change.daemon_json.display(),
+                self.change.backup.display()
             );
             if std::thread::panicking() {
                 eprintln!("{msg}");

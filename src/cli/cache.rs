@@ -1,0 +1,254 @@
+//! `berth cache stats|ls|rm|pin|unpin`: read and edit the store directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::{human_bytes, CliError, ImageRef};
+use crate::config::Config;
+use crate::oci::{Digest, Reference};
+use crate::store::{references, BlobStore, Entry, Pin, Pins, TagEntry, TagStore};
+use crate::upstream::MAX_MANIFEST_BYTES;
+
+struct Store {
+    blobs: BlobStore,
+    tags: TagStore,
+    pins: Pins,
+}
+
+fn open(config: &Config) -> Result<Store, CliError> {
+    let root = &config.storage.path;
+    if !root.join("blobs").is_dir() {
+        return Err(CliError::new(format!(
+            "{} is not a berth store (no blobs/)",
+            root.display()
+        )));
+    }
+    Ok(Store {
+        blobs: BlobStore::attach(root)?,
+        tags: TagStore::new(root),
+        pins: Pins::new(root),
+    })
+}
+
+/// `cache stats`: objects, bytes, limit, free space, tags per upstream, pins, and the hit
+/// ratio from the running server's metrics when `[metrics] listen` is set and answers.
+pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
+    let s = open(config)?;
+    let entries = s.blobs.index().entries();
+    let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
+    let mut by_upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for t in s.tags.all()? {
+        *by_upstream.entry(t.upstream).or_default() += 1;
+    }
+    let free = crate::store::free_space(&config.storage.path);
+    let hit_ratio = match config.metrics.listen {
+        Some(addr) => super::warm::fetch_text(&format!("http://{}/metrics", loopback(addr)))
+            .await
+            .ok()
+            .and_then(|t| hit_ratio(&t)),
+        None => None,
+    };
+    let pins = s.pins.load()?.len();
+    if as_json {
+        let v = json!({
+            "objects": entries.len(), "bytes": bytes, "max_size": config.storage.max_size,
+            "filesystem_free_bytes": free, "tags_by_upstream": by_upstream, "pins": pins, "hit_ratio": hit_ratio,
+        });
+        return Ok(v.to_string());
+    }
+    let mut out = format!(
+        "objects      {}\nbytes        {} ({bytes})\n",
+        entries.len(),
+        human_bytes(bytes)
+    );
+    out += &format!(
+        "max_size     {}\n",
+        config.storage.max_size.map_or("none".into(), human_bytes)
+    );
+    out += &format!("free space   {}\n", free.map_or("unknown".into(), human_bytes));
+    out += &format!("pins         {pins}\n");
+    for (u, n) in &by_upstream {
+        out += &format!("tags         {u}: {n}\n");
+    }
+    out += &format!(
+        "hit ratio    {}\n",
+        hit_ratio.map_or("(server metrics not reachable)".into(), |r| format!(
+            "{:.1}%",
+            r * 100.0
+        ))
+    );
+    Ok(out)
+}
+
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        _ => addr,
+    }
+}
+
+/// hits / lookups over manifests and blobs, from Prometheus text.
+fn hit_ratio(metrics: &str) -> Option<f64> {
+    let (mut hits, mut all) = (0f64, 0f64);
+    for line in metrics.lines().filter(|l| l.starts_with("berth_cache_lookups_total{")) {
+        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        all += v;
+        if line.contains("result=\"hit\"") || line.contains("result=\"revalidated\"") {
+            hits += v;
+        }
+    }
+    (all > 0.0).then_some(hits / all)
+}
+
+/// Total bytes of a manifest and everything it references that is in the store.
+fn image_size(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![root.clone()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(d) = todo.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let Some(e) = index.get(&d) else { continue };
+        total += e.size;
+        if e.size <= MAX_MANIFEST_BYTES as u64 {
+            if let Ok(Some(b)) = s.blobs.load_verified(&d, MAX_MANIFEST_BYTES as u64) {
+                todo.extend(references(&b));
+            }
+        }
+    }
+    total
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// `cache ls`: every cached tag with its digest, size on disk, last use and last check.
+pub fn ls(config: &Config, as_json: bool) -> Result<String, CliError> {
+    let s = open(config)?;
+    let index: HashMap<Digest, Entry> = s.blobs.index().entries().into_iter().collect();
+    let pinned: Vec<String> = s.pins.load()?.into_iter().map(|p| p.digest).collect();
+    let rows: Vec<serde_json::Value> = s
+        .tags
+        .all()?
+        .into_iter()
+        .map(|t: TagEntry| {
+            let d = &t.record.digest;
+            json!({
+                "upstream": t.upstream, "repository": t.repo.to_string(), "tag": t.tag.to_string(),
+                "digest": d.to_string(), "media_type": t.record.media_type.as_str(),
+                "cached": index.contains_key(d), "bytes": image_size(&s, &index, d),
+                "last_used": index.get(d).map(|e| unix(e.last_access)), "checked_at": unix(t.record.checked_at),
+                "pinned": pinned.contains(&d.to_string()),
+            })
+        })
+        .collect();
+    if as_json {
+        return Ok(serde_json::Value::Array(rows).to_string());
+    }
+    let mut out = String::from("UPSTREAM\tREPOSITORY:TAG\tDIGEST\tSIZE\tLAST USED (unix)\tPINNED\n");
+    for r in rows {
+        out += &format!(
+            "{}\t{}:{}\t{}\t{}\t{}\t{}\n",
+            r["upstream"].as_str().unwrap_or(""),
+            r["repository"].as_str().unwrap_or(""),
+            r["tag"].as_str().unwrap_or(""),
+            r["digest"].as_str().unwrap_or(""),
+            human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+            r["last_used"].as_u64().map_or("-".into(), |t| t.to_string()),
+            if r["pinned"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                ""
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The manifest digest a reference names in this store: the digest itself, or the tag's record.
+fn resolve(config: &Config, s: &Store, r: &ImageRef) -> Result<(Digest, Option<TagEntry>), CliError> {
+    match &r.reference {
+        Reference::Digest(d) => Ok((d.clone(), None)),
+        Reference::Tag(tag) => {
+            let upstream = r.upstream(config)?;
+            let rec = s
+                .tags
+                .load(upstream, &r.repo, tag)?
+                .ok_or_else(|| CliError::new(format!("{r} is not cached")))?;
+            let entry = TagEntry {
+                upstream: upstream.to_string(),
+                repo: r.repo.clone(),
+                tag: tag.clone(),
+                record: rec,
+            };
+            Ok((entry.record.digest.clone(), Some(entry)))
+        }
+    }
+}
+
+/// `cache rm <ref>...`: a tag drops its record and its manifest; a digest (`repo@sha256:…` or
+/// a bare `sha256:…`) drops that object and every tag pointing at it. Shared layers are left
+/// for `gc` and eviction. A running server notices within 10 s.
+pub fn rm(config: &Config, refs: &[String]) -> Result<String, CliError> {
+    let s = open(config)?;
+    let mut out = String::new();
+    for raw in refs {
+        let (digest, tag) = match raw.parse::<Digest>() {
+            Ok(d) => (d, None),
+            Err(_) => resolve(config, &s, &ImageRef::parse(raw)?)?,
+        };
+        let mut tags = match tag {
+            Some(t) => vec![t],
+            None => s
+                .tags
+                .all()?
+                .into_iter()
+                .filter(|t| t.record.digest == digest)
+                .collect(),
+        };
+        if tags.is_empty() && !s.blobs.contains(&digest) {
+            return Err(CliError::new(format!("{raw} is not cached")));
+        }
+        for t in tags.drain(..) {
+            s.tags.remove(&t.upstream, &t.repo, &t.tag)?;
+            out += &format!("removed tag {}/{}:{}\n", t.upstream, t.repo, t.tag);
+        }
+        s.blobs.remove(&digest)?;
+        out += &format!("removed {digest}\n");
+    }
+    Ok(out)
+}
+
+/// `cache pin <ref>`: exempt the image (and everything it references) from eviction.
+pub fn pin(config: &Config, raw: &str) -> Result<String, CliError> {
+    let s = open(config)?;
+    let r = ImageRef::parse(raw)?;
+    let (digest, _) = resolve(config, &s, &r)?;
+    if !s.blobs.contains(&digest) {
+        return Err(CliError::new(format!(
+            "{raw}: {digest} is not cached; `berth warm` it first"
+        )));
+    }
+    s.pins.add(Pin {
+        reference: r.to_string(),
+        digest: digest.to_string(),
+    })?;
+    Ok(format!("pinned {r} ({digest})\n"))
+}
+
+/// `cache unpin <ref>`: by the pinned reference or its digest.
+pub fn unpin(config: &Config, raw: &str) -> Result<String, CliError> {
+    let s = open(config)?;
+    let key = match ImageRef::parse(raw) {
+        Ok(r) if !raw.starts_with("sha256:") => r.to_string(),
+        _ => raw.to_string(),
+    };
+    match s.pins.remove(&key)? {
+        0 => Err(CliError::new(format!("{raw} is not pinned"))),
+        n => Ok(format!("unpinned {key} ({n})\n")),
+    }
+}

@@ -1,0 +1,256 @@
+//! The operator commands against a real store: `cache stats|ls|rm|pin|unpin`, `gc`, `warm`,
+//! `check-config`, `healthcheck`, run as the real binary beside an in-process berth.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+const ACCEPT: (&str, &str) = ("accept", "application/vnd.oci.image.manifest.v1+json");
+
+fn berth(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run berth")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A config file for the CLI that names the proxy's store, listener and metrics port.
+fn cli_config(proxy: &TestProxy, upstream: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"{}\"\n[metrics]\nlisten = \"{}\"\n[storage]\npath = {:?}\n[upstreams.hub]\nurl = \"{upstream}\"\naliases = [\"docker.io\"]\ndefault = true\n",
+        proxy.addr,
+        proxy.metrics_addr,
+        proxy.store()
+    );
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_fills_the_cache_so_pulls_work_with_the_upstream_stopped() {
+    let fake = FakeRegistry::start().await;
+    let (d1, _) = fake.image("library/one", "v1", OCI_MANIFEST, &[random_bytes(70_000)]);
+    let (d2, _) = fake.image(
+        "org/two",
+        "v2",
+        DOCKER_MANIFEST,
+        &[random_bytes(80_000), random_bytes(9000)],
+    );
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let cfg = cli_config(&proxy, &fake.url());
+    let list = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(list.path(), "# images for CI\norg/two:v2\n").unwrap();
+    let path = cfg.path().to_path_buf();
+    let list_path = list.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || berth(&path, &["warm", "one:v1", "-f", list_path.to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warm failed: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("warmed docker.io/library/one:v1: 1 manifests, 2 blobs"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("warmed docker.io/org/two:v2: 1 manifests, 3 blobs"),
+        "{}",
+        stdout(&out)
+    );
+    fake.stop();
+    for (repo, tag, digest) in [("library/one", "v1", &d1), ("org/two", "v2", &d2)] {
+        let m = get(
+            &proxy.url(&format!("/v2/{repo}/manifests/{tag}")),
+            &[ACCEPT, ("accept", DOCKER_MANIFEST)],
+        )
+        .await;
+        assert_eq!(
+            (m.status, m.header("docker-content-digest")),
+            (200, Some(digest.as_str())),
+            "{repo}"
+        );
+        let v = m.json();
+        for b in std::iter::once(&v["config"]).chain(v["layers"].as_array().unwrap()) {
+            let d = b["digest"].as_str().unwrap();
+            assert_eq!(
+                get(&proxy.url(&format!("/v2/{repo}/blobs/{d}")), &[]).await.status,
+                200,
+                "{repo} {d}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_reports_failures_with_exit_75_and_an_unreachable_server_with_69() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let cfg = cli_config(&proxy, &fake.url());
+    let path = cfg.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || berth(&path, &["warm", "missing:v1"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = cfg.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || berth(&path, &["warm", "--server", "http://127.0.0.1:1", "x:1"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_list_pin_remove_and_collect() {
+    let fake = FakeRegistry::start().await;
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(100_000)]);
+    let orphan = fake.put_blob(random_bytes(55_555));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let m = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    for b in m.json()["layers"].as_array().unwrap() {
+        get(
+            &proxy.url(&format!("/v2/library/app/blobs/{}", b["digest"].as_str().unwrap())),
+            &[],
+        )
+        .await;
+    }
+    get(&proxy.url(&format!("/v2/library/app/blobs/{orphan}")), &[]).await;
+    let cfg = cli_config(&proxy, &fake.url());
+    let p = cfg.path().to_path_buf();
+    let run = move |args: &[&str]| berth(&p, args);
+
+    let ls = run(&["cache", "ls", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(rows[0]["repository"], "library/app");
+    assert_eq!(rows[0]["digest"], digest.as_str());
+    assert!(
+        rows[0]["bytes"].as_u64().unwrap() > 100_000,
+        "manifest plus layer: {rows}"
+    );
+        // The in-process server must keep answering /metrics while the CLI runs: off this thread.
+    let p2 = cfg.path().to_path_buf();
+    let stats = tokio::task::spawn_blocking(move || berth(&p2, &["cache", "stats", "--json"])).await.unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["objects"], 3, "manifest, layer, orphan: {stats}");
+    assert_eq!(stats["tags_by_upstream"]["hub"], 1);
+    assert!(
+        stats["hit_ratio"].is_number(),
+        "hit ratio from the running server's metrics: {stats}"
+    );
+
+    // gc keeps everything used recently, so nothing goes yet.
+    let gc = run(&["gc", "--dry-run"]);
+    assert!(stdout(&gc).contains("would remove 0 objects"), "{}", stdout(&gc));
+
+    let pin = run(&["cache", "pin", "app:v1"]);
+    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&run(&["cache", "ls", "--json"]).stdout).unwrap();
+    assert_eq!(rows[0]["pinned"], true);
+    assert!(run(&["cache", "unpin", "app:v1"]).status.success());
+    assert!(
+        !run(&["cache", "unpin", "app:v1"]).status.success(),
+        "not pinned any more"
+    );
+
+    let rm = run(&["cache", "rm", "app:v1"]);
+    assert!(stdout(&rm).contains(&format!("removed {digest}")), "{}", stdout(&rm));
+    let rows: serde_json::Value = serde_json::from_slice(&run(&["cache", "ls", "--json"]).stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 0);
+    assert!(!run(&["cache", "rm", "app:v1"]).status.success(), "already gone");
+    let rm = run(&["cache", "rm", &orphan]);
+    assert!(rm.status.success());
+    assert!(!proxy
+        .stored_files()
+        .iter()
+        .any(|p| p.ends_with(orphan.trim_start_matches("sha256:"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_expired_tags_and_unreferenced_content() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(30_000)]);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    assert_eq!(
+        get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await.status,
+        200
+    );
+    let f = tempfile::NamedTempFile::new().unwrap();
+    // A zero window: every tag is expired and nothing counts as recently used.
+    let text = format!(
+        "[storage]\npath = {:?}\n[cache]\nmanifest_ttl = \"0s\"\nstale_if_error = \"0s\"\n[upstreams.hub]\nurl = \"{}\"\naliases = [\"docker.io\"]\ndefault = true\n",
+        proxy.store(),
+        fake.url()
+    );
+    std::fs::write(f.path(), text).unwrap();
+    let out = berth(f.path(), &["gc"]);
+    assert!(
+        stdout(&out).contains("removed tag hub/library/app:v1 (expired)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("removed 1 objects"), "{}", stdout(&out));
+    assert!(proxy.stored_files().is_empty());
+}
+
+#[test]
+fn check_config_reports_every_problem_and_exits_78() {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        f.path(),
+        "[storage]\npath = \"/tmp/x\"\n[upstreams.a]\nurl = \"ftp://a\"\naliases = [\"a.io\", \"nodot\"]\n[upstreams.b]\nurl = \"https://b.io\"\naliases = [\"a.io\"]\n",
+    )
+    .unwrap();
+    let out = berth(f.path(), &["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "exactly one upstream",
+        "must be http(s)",
+        "used by both",
+        "warning: upstreams.a.aliases: \"nodot\" has no dot",
+    ] {
+        assert!(err.contains(want), "{want:?} missing in:\n{err}");
+    }
+    std::fs::write(f.path(), "[storage]\npath = \"/tmp/x\"\nbogus = 1\n").unwrap();
+    assert_eq!(
+        berth(f.path(), &["check-config"]).status.code(),
+        Some(78),
+        "unknown keys are errors"
+    );
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let out = berth(&repo_config, &["check-config"]);
+    assert!(
+        out.status.success(),
+        "the repository's config.toml is valid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_zero_only_when_berth_answers() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let cfg = cli_config(&proxy, &fake.url());
+    let p = cfg.path().to_path_buf();
+    let ok = tokio::task::spawn_blocking(move || berth(&p, &["healthcheck"]))
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let p = cfg.path().to_path_buf();
+    let bad = tokio::task::spawn_blocking(move || berth(&p, &["healthcheck", "--url", "http://127.0.0.1:1/livez"]))
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+}
