@@ -139,9 +139,11 @@ async fn cache_commands_list_pin_remove_and_collect() {
         rows[0]["bytes"].as_u64().unwrap() > 100_000,
         "manifest plus layer: {rows}"
     );
-        // The in-process server must keep answering /metrics while the CLI runs: off this thread.
+    // The in-process server must keep answering /metrics while the CLI runs: off this thread.
     let p2 = cfg.path().to_path_buf();
-    let stats = tokio::task::spawn_blocking(move || berth(&p2, &["cache", "stats", "--json"])).await.unwrap();
+    let stats = tokio::task::spawn_blocking(move || berth(&p2, &["cache", "stats", "--json"]))
+        .await
+        .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["objects"], 3, "manifest, layer, orphan: {stats}");
     assert_eq!(stats["tags_by_upstream"]["hub"], 1);

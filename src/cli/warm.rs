@@ -28,7 +28,7 @@ fn client() -> HttpClient {
 
 /// GET a URL and return the body as text (for `cache stats`).
 pub async fn fetch_text(url: &str) -> Result<String, String> {
-        let (status, body) = get(&client(), url, true, &mut |_| {}).await?;
+    let (status, body) = get(&client(), url, true, &mut |_| {}).await?;
     if status != StatusCode::OK {
         return Err(format!("{url}: status {status}"));
     }

@@ -102,6 +102,7 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
         metrics: state.metrics.clone(),
         method,
         path,
+        ns: query.ns,
         status: resp.status(),
         kind,
         cache,
@@ -151,6 +152,7 @@ struct AccessLog {
     metrics: Arc<Metrics>,
     method: Method,
     path: String,
+    ns: Option<String>,
     status: StatusCode,
     kind: &'static str,
     cache: &'static str,
@@ -180,6 +182,7 @@ impl Drop for AccessLog {
         tracing::info!(
             method = %self.method,
             path = %self.path,
+            ns = self.ns.as_deref(),
             status = self.status.as_u16(),
             bytes = self.bytes,
             cache = self.cache,
