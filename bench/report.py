@@ -69,14 +69,15 @@ def build(d, errors):
     conc_blob = d.med("meta.conc_blob_bytes")
     rows = []
 
-    def row(step, name, berth, ref_name=None, ref=None, r=None, target=None, check=None, unit="", note=""):
+    def row(step, name, berth, ref_name=None, ref=None, r=None, target=None, check=None, unit="", note="",
+            subject="berth"):
         met = None
         if check is not None:
             value = r if r is not None else berth
             met = None if value is None else bool(check(value))
         rows.append({
-            "step": step, "measurement": name, "unit": unit,
-            "berth": berth, "reference_name": ref_name, "reference": ref,
+            "step": step, "measurement": name.strip(), "sub": name.startswith(" "), "unit": unit,
+            "subject": subject, "value": berth, "reference_name": ref_name, "reference": ref,
             "ratio": r, "target": target, "met": met, "note": note,
         })
 
@@ -85,8 +86,8 @@ def build(d, errors):
     runs = d.n("cached.berth.bps")
     row(1, f"cached blob GET throughput, MB/s (median of {runs})", b and b / MB, "nginx sendfile", n and n / MB,
         ratio(b, n), ">= 1.0x nginx", lambda x: x >= 1.0, "MB/s")
-    row(1, "  distribution proxy, cached, MB/s", p and p / MB, "nginx sendfile", n and n / MB, ratio(p, n),
-        "(context)", unit="MB/s")
+    row(1, "  cached blob GET throughput, MB/s", p and p / MB, "nginx sendfile", n and n / MB, ratio(p, n),
+        "(context)", unit="MB/s", subject="distribution proxy")
 
     # 6. CPU seconds per GB served during the cached runs
     def per_gb(s):
@@ -95,16 +96,16 @@ def build(d, errors):
     cb, cn, cp = per_gb("berth"), per_gb("nginx"), per_gb("proxy")
     row(6, "server CPU s per GB served (utime+stime)", cb, "nginx (master+worker)", cn, ratio(cb, cn),
         "<= 1.5x nginx", lambda x: x <= 1.5, "s/GB")
-    row(6, "  distribution proxy CPU s per GB", cp, "nginx (master+worker)", cn, ratio(cp, cn), "(context)",
-        unit="s/GB")
+    row(6, "  server CPU s per GB served", cp, "nginx (master+worker)", cn, ratio(cp, cn), "(context)",
+        unit="s/GB", subject="distribution proxy")
 
     # 2. cold pull
     cb_, cd, cpx = (d.med(f"cold.{s}.bps") for s in ("berth", "direct", "proxy"))
     runs = d.n("cold.berth.bps")
     row(2, f"cold pull MB/s, fresh store (median of {runs})", cb_ and cb_ / MB, "direct upstream GET",
         cd and cd / MB, ratio(cb_, cd), ">= 0.9x direct", lambda x: x >= 0.9, "MB/s")
-    row(2, "  distribution proxy cold pull MB/s", cpx and cpx / MB, "direct upstream GET", cd and cd / MB,
-        ratio(cpx, cd), "(context)", unit="MB/s")
+    row(2, "  cold pull MB/s, fresh storage", cpx and cpx / MB, "direct upstream GET", cd and cd / MB,
+        ratio(cpx, cd), "(context)", unit="MB/s", subject="distribution proxy")
     mb = d.med("cold.berth.upstream_metric_bytes")
     row(2, "upstream MiB per cold pull (berth metric)", mb and mb / MIB, "blob size", blob and blob / MIB,
         ratio(mb, blob), "1.0x blob", lambda x: abs(x - 1.0) < 0.001, "MiB")
@@ -151,7 +152,7 @@ def build(d, errors):
         rows[-1]["note"] = (rows[-1]["note"] + "; " if rows[-1]["note"] else "") + ", ".join(errs)
     mu = d.med("manifest.berth.upstream_requests")
     if mu is not None:
-        row(4, "  berth upstream manifest requests during wrk", mu, None, None, None, "(context)",
+        row(4, "  upstream manifest requests during wrk", mu, None, None, None, "(context)",
             unit="requests")
 
     # 5. peak RSS
@@ -167,14 +168,14 @@ def build(d, errors):
 
 
 def table(rows):
-    headers = ["#", "measurement", "berth", "reference", "ref value", "ratio", "target", "status"]
+    headers = ["#", "measurement", "subject", "value", "reference", "ref value", "ratio", "target", "status"]
     out = []
     for r in rows:
         status = "" if r["met"] is None and r["target"] and r["target"].startswith("(") else \
             ("n/a" if r["met"] is None else "met" if r["met"] else "MISSED")
         out.append([
-            str(r["step"]), r["measurement"],
-            fmt(r["berth"]), r["reference_name"] or "", fmt(r["reference"]) if r["reference_name"] else "",
+            str(r["step"]), ("  " if r["sub"] else "") + r["measurement"], r["subject"],
+            fmt(r["value"]), r["reference_name"] or "", fmt(r["reference"]) if r["reference_name"] else "",
             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"] or "", status,
         ])
     widths = [max(len(h), *(len(o[i]) for o in out)) for i, h in enumerate(headers)]
@@ -228,10 +229,11 @@ def main():
         print(f"berth logged {len(berth_log)} line(s) at warn or above; last ones:")
         for line in berth_log[-5:]:
             print("  " + line[:300])
-    missed = [r["measurement"].strip() for r in rows if r["met"] is False]
+    missed = [r["measurement"] for r in rows if r["met"] is False]
     print()
+    unmeasured = sum(1 for r in rows if r["met"] is None and r["target"] and not r["target"].startswith("("))
     print(f"targets met: {sum(1 for r in rows if r['met'] is True)}, missed: {len(missed)}"
-          + (f" ({'; '.join(missed)})" if missed else ""))
+          + (f" ({'; '.join(missed)})" if missed else "") + (f", not measured: {unmeasured}" if unmeasured else ""))
 
     result = {
         "meta": meta,
