@@ -269,3 +269,49 @@ async fn missing_tags_are_remembered_for_negative_ttl() {
     }
     assert_eq!(fake.hits("GET", "/v2/library/nope/manifests/v1"), 1, "404 remembered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_v2_only_client_gets_a_v2_manifest_when_an_index_is_cached() {
+    let fake = FakeRegistry::start().await;
+    let (v2_digest, v2_bytes) = fake.image("library/app", "amd64", DOCKER_MANIFEST, &[random_bytes(100)]);
+    let index = bytes::Bytes::from(format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_INDEX}\",\"manifests\":[{{\"mediaType\":\"{DOCKER_MANIFEST}\",\"digest\":\"{v2_digest}\",\"size\":{},\"platform\":{{\"os\":\"linux\",\"architecture\":\"amd64\"}}}}]}}",
+        v2_bytes.len()
+    ));
+    let index_digest = fake.put_manifest("library/app", Some("v1"), OCI_INDEX, index.clone());
+    fake.state.alternatives.lock().unwrap().insert(
+        ("library/app".into(), "v1".into()),
+        (DOCKER_MANIFEST.into(), v2_bytes.clone()),
+    );
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let url = proxy.url("/v2/library/app/manifests/v1");
+    // containerd-like client: accepts everything, gets (and caches) the index.
+    let r = get(&url, &[("accept", ALL)]).await;
+    assert_eq!((r.header("content-type"), r.bytes()), (Some(OCI_INDEX), &index));
+    assert_eq!(r.header("docker-content-digest"), Some(index_digest.as_str()));
+    // An old client that only knows Docker v2 manifests gets one, with matching HEAD headers.
+    let v2_only = [
+        ("accept", DOCKER_MANIFEST),
+        ("accept", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+    ];
+    let r = get(&url, &v2_only).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (r.header("content-type"), r.bytes()),
+        (Some(DOCKER_MANIFEST), &v2_bytes)
+    );
+    assert_eq!(r.header("docker-content-digest"), Some(v2_digest.as_str()));
+    let h = head(&url, &v2_only).await;
+    assert_eq!((h.status, h.header("content-type")), (200, Some(DOCKER_MANIFEST)));
+    assert_eq!(h.header("docker-content-digest"), Some(v2_digest.as_str()));
+    assert_eq!(h.header("content-length"), Some(v2_bytes.len().to_string().as_str()));
+    // The tag still resolves to the index for everyone else.
+    let r = get(&url, &[("accept", ALL)]).await;
+    assert_eq!(r.header("docker-content-digest"), Some(index_digest.as_str()));
+    // A client accepting nothing berth or the upstream has gets MANIFEST_UNKNOWN.
+    let r = get(&url, &[("accept", "application/x-nothing")]).await;
+    assert_eq!(
+        (r.status, r.json()["errors"][0]["code"].as_str()),
+        (404, Some("MANIFEST_UNKNOWN"))
+    );
+}

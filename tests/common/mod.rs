@@ -66,6 +66,8 @@ pub struct FakeState {
     /// Delay between 64 KiB chunks of blob bodies.
     pub chunk_delay: Mutex<Duration>,
     pub honour_range: Mutex<bool>,
+    /// Representations served to clients that do not accept the primary one.
+    pub alternatives: Mutex<HashMap<(String, String), (String, Bytes)>>,
     /// Bearer realm to advertise instead of our own /token.
     pub realm: Mutex<Option<String>>,
 }
@@ -302,9 +304,33 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
             .unwrap()
             .get(&(repo.to_string(), reference.to_string()))
             .cloned();
-        let Some((ct, bytes)) = found else {
+        let Some((mut ct, mut bytes)) = found else {
             return oci_error(404, "MANIFEST_UNKNOWN");
         };
+        // Like a real registry: a client that does not accept the stored type gets the
+        // alternative representation if one exists (a Docker v2 manifest for an index).
+        let accepts: Vec<String> = req
+            .headers()
+            .get_all("accept")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+        let accepted = accepts.is_empty() || accepts.iter().any(|a| a.contains(ct.as_str()));
+        if !accepted {
+            match st
+                .alternatives
+                .lock()
+                .unwrap()
+                .get(&(repo.to_string(), reference.to_string()))
+                .cloned()
+            {
+                Some((alt_ct, alt)) if accepts.iter().any(|a| a.contains(alt_ct.as_str())) => {
+                    (ct, bytes) = (alt_ct, alt)
+                }
+                _ => return oci_error(404, "MANIFEST_UNKNOWN"),
+            }
+        }
         let mut r = Response::new(if req.method() == Method::HEAD {
             Empty::new().map_err(|n| match n {}).boxed_unsync()
         } else {
