@@ -372,6 +372,20 @@ impl Upstream {
         Ok(())
     }
 
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &str,
+        accept: &[HeaderValue],
+    ) -> Result<Option<Response<Incoming>>, Error> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        check_status(
+            self.request(Kind::Manifest, method, repo, &path, accept_headers(accept))
+                .await?,
+        )
+    }
+
     /// GET a manifest (by tag or digest), reading at most [`MAX_MANIFEST_BYTES`].
     /// `Ok(None)` means the upstream does not have it.
     pub async fn fetch_manifest(
@@ -380,16 +394,7 @@ impl Upstream {
         reference: &str,
         accept: &[HeaderValue],
     ) -> Result<Option<FetchedManifest>, Error> {
-        let resp = self
-            .request(
-                Kind::Manifest,
-                Method::GET,
-                repo,
-                &format!("/v2/{repo}/manifests/{reference}"),
-                accept_headers(accept),
-            )
-            .await?;
-        let Some(resp) = check_status(resp)? else {
+        let Some(resp) = self.manifest_request(Method::GET, repo, reference, accept).await? else {
             return Ok(None);
         };
         if content_length(resp.headers()).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
@@ -416,16 +421,7 @@ impl Upstream {
         reference: &str,
         accept: &[HeaderValue],
     ) -> Result<Option<ManifestHead>, Error> {
-        let resp = self
-            .request(
-                Kind::Manifest,
-                Method::HEAD,
-                repo,
-                &format!("/v2/{repo}/manifests/{reference}"),
-                accept_headers(accept),
-            )
-            .await?;
-        let Some(resp) = check_status(resp)? else {
+        let Some(resp) = self.manifest_request(Method::HEAD, repo, reference, accept).await? else {
             return Ok(None);
         };
         let h = resp.headers();

@@ -568,38 +568,21 @@ pub async fn head(url: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// Like `get`, but a refused or dropped connection is an `Err` instead of a panic.
 pub async fn try_get(url: &str) -> Result<Reply, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::get(uri.path())
-        .header("host", uri.authority().unwrap().as_str())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| e.to_string());
-    Ok(Reply { status, headers, body })
+    try_request(Method::GET, url, &[]).await
 }
 
 /// One request on a fresh connection (so tests do not share pooled state).
 pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let uri: http::Uri = url.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect(format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()))
-        .await
-        .unwrap();
+    try_request(method, url, headers).await.expect("request completes")
+}
+
+async fn try_request(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
@@ -611,14 +594,13 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Rep
     let resp = sender
         .send_request(req.body(Empty::<Bytes>::new()).unwrap())
         .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
+        .map_err(|e| e.to_string())?;
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
     let body = resp
         .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
         .map_err(|e| e.to_string());
-    Reply { status, headers, body }
+    Ok(Reply { status, headers, body })
 }
