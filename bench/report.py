@@ -106,6 +106,14 @@ def build(d, errors):
         cd and cd / MB, ratio(cb_, cd), ">= 0.9x direct", lambda x: x >= 0.9, "MB/s")
     row(2, "  cold pull MB/s, fresh storage", cpx and cpx / MB, "direct upstream GET", cd and cd / MB,
         ratio(cpx, cd), "(context)", unit="MB/s", subject="distribution proxy")
+    def cold_cpu(s):
+        sec = d.med(f"cold.{s}.cpu_s")
+        return None if sec is None or not blob else sec / (blob / 1e9)
+    kb, kp = cold_cpu("berth"), cold_cpu("proxy")
+    tt = {s: d.med(f"cold.{s}.ttfb_s") for s in ("berth", "direct", "proxy")}
+    row(2, "  cold pull: server CPU s per GB", kb, "distribution proxy", kp, ratio(kb, kp), "(context)",
+        unit="s/GB", note="time to first byte: " + ", ".join(
+            f"{s} {v * 1000:.1f} ms" for s, v in tt.items() if v is not None))
     mb = d.med("cold.berth.upstream_metric_bytes")
     row(2, "upstream MiB per cold pull (berth metric)", mb and mb / MIB, "blob size", blob and blob / MIB,
         ratio(mb, blob), "1.0x blob", lambda x: abs(x - 1.0) < 0.001, "MiB")

@@ -340,11 +340,11 @@ cpu_seconds() { # server name
     awk -v t="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.4f", t / hz }'
 }
 
-# One GET to /dev/null: prints "code size speed_bytes_per_s time_total"
+# One GET to /dev/null: prints "code size speed_bytes_per_s time_total time_to_first_byte"
 fetch() { # url [extra curl args...]
     local url=$1; shift
     curl -s -o /dev/null --max-time "$CURL_MAX" "$@" \
-        -w '%{http_code} %{size_download} %{speed_download} %{time_total}\n' "$url" || true
+        -w '%{http_code} %{size_download} %{speed_download} %{time_total} %{time_starttransfer}\n' "$url" || true
 }
 
 # Upstream access-log tally for one digest: "GETs HEADs bytes_sent_by_GETs lines"
@@ -453,43 +453,54 @@ wait_upstream_quiet
 # 2. Cold pull: berth (fresh store) vs direct upstream GET vs distribution's proxy (fresh)
 #    Runs are interleaved (direct, berth, proxy) so drift hits all three alike.
 # ---------------------------------------------------------------------------------------------
+# One cold GET through a proxy (berth or distribution's): throughput, time to first byte,
+# server CPU (sampled after the upstream log is quiet, so background fetches count), and the
+# upstream blob GETs and bytes it caused.
+cold_one() { # name base-url run
+    local name=$1 url="$2$BLOB_PATH" run=$3 g0 b0 g1 b1 m0 m1 c0 c1 c s spd ttfb
+    read -r g0 _ b0 _ <<<"$(up_tally "$BLOB_HEX")"
+    [[ $name == berth ]] && m0=$(berth_metric berth_upstream_fetched_bytes_total)
+    c0=$(cpu_seconds "$name")
+    read -r c s spd _ ttfb <<<"$(fetch "$url")"
+    wait_upstream_quiet
+    c1=$(cpu_seconds "$name")
+    read -r g1 _ b1 _ <<<"$(up_tally "$BLOB_HEX")"
+    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then
+        record "cold.$name.bps" "$spd"
+        record "cold.$name.ttfb_s" "$ttfb"
+        record "cold.$name.cpu_s" "$(fsub "$c1" "$c0")"
+    else
+        note_error "$name cold blob GET run $run: HTTP $c, $s of $BLOB_BYTES bytes"
+    fi
+    record "cold.$name.upstream_gets" "$((g1 - g0))"
+    record "cold.$name.upstream_log_bytes" "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+    if [[ $name == berth ]]; then
+        m1=$(berth_metric berth_upstream_fetched_bytes_total)
+        record cold.berth.upstream_metric_bytes "$((m1 - m0))"
+    fi
+}
+
 log "cold pulls of the ${BLOB_MIB} MiB blob, $COLD_RUNS runs each"
 for ((r = 1; r <= COLD_RUNS; r++)); do
-    read -r c s spd _ <<<"$(fetch "$UP$BLOB_PATH")"
-    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then record cold.direct.bps "$spd"
-    else note_error "direct upstream GET run $r: HTTP $c, $s bytes"; fi
+    read -r c s spd _ ttfb <<<"$(fetch "$UP$BLOB_PATH")"
+    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then
+        record cold.direct.bps "$spd"
+        record cold.direct.ttfb_s "$ttfb"
+    else
+        note_error "direct upstream GET run $r: HTTP $c, $s bytes"
+    fi
     wait_upstream_quiet
 
-    # berth, fresh store
+    # berth, fresh store (a new process each round)
     if [[ $r -gt 1 ]]; then restart_berth_fresh || note_error "berth restart (cold run $r) failed"; fi
     if berth_alive "cold run $r"; then
-        read -r g0 _ b0 _ <<<"$(up_tally "$BLOB_HEX")"
-        m0=$(berth_metric berth_upstream_fetched_bytes_total)
-        read -r c s spd _ <<<"$(fetch "$BERTH$BLOB_PATH")"
-        wait_upstream_quiet
-        read -r g1 _ b1 _ <<<"$(up_tally "$BLOB_HEX")"
-        m1=$(berth_metric berth_upstream_fetched_bytes_total)
-        if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then
-            record cold.berth.bps "$spd"
-        else
-            note_error "berth cold blob GET run $r: HTTP $c, $s of $BLOB_BYTES bytes"
-        fi
-        record cold.berth.upstream_gets "$((g1 - g0))"
-        record cold.berth.upstream_metric_bytes "$((m1 - m0))"
-        record cold.berth.upstream_log_bytes "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+        cold_one berth "$BERTH" "$r"
         berth_alive "after cold run $r" || true
     fi
 
     # distribution's proxy, fresh storage
     if [[ $r -gt 1 ]]; then restart_proxy_fresh || { note_error "proxy restart failed"; continue; }; fi
-    read -r g0 _ b0 _ <<<"$(up_tally "$BLOB_HEX")"
-    read -r c s spd _ <<<"$(fetch "$PROXY$BLOB_PATH")"
-    wait_upstream_quiet
-    read -r g1 _ b1 _ <<<"$(up_tally "$BLOB_HEX")"
-    if [[ $c == 200 && $s == "$BLOB_BYTES" ]]; then record cold.proxy.bps "$spd"
-    else note_error "proxy cold blob GET run $r: HTTP $c, $s bytes"; fi
-    record cold.proxy.upstream_gets "$((g1 - g0))"
-    record cold.proxy.upstream_log_bytes "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
+    cold_one proxy "$PROXY" "$r"
 done
 
 # ---------------------------------------------------------------------------------------------

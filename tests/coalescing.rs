@@ -113,7 +113,7 @@ async fn fill_continues_when_the_first_client_disconnects() {
         1,
         "the fill was not restarted"
     );
-    assert_eq!(proxy.stored_files().len(), 1, "the blob is committed");
+    proxy.wait_committed(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,6 +244,7 @@ async fn a_full_disk_degrades_to_streaming_from_upstream_and_recovers() {
     std::fs::remove_file(proxy.store().join("ballast")).unwrap();
     let r = get(&proxy.url(&format!("/v2/library/a/blobs/{d_small}")), &[]).await;
     assert_eq!((r.status, r.bytes()), (200, &small), "berth keeps serving");
+    proxy.wait_committed(1).await;
     assert!(
         blob_path(&proxy.store(), &d_small).is_file(),
         "and caches again once there is room"

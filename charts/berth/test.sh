@@ -160,6 +160,27 @@ if cfg:
     datavol = mounts.get(cfg["storage"]["path"], {}).get("name")
     vct = [t["metadata"]["name"] for t in wl["spec"].get("volumeClaimTemplates", [])]
     check("cache volume is defined", datavol in vols or datavol in vct)
+    # the eviction limit must fit the volume it lives on
+    def qty(q):
+        m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q))
+        mult = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+        return int(m.group(1)) * mult[m.group(2)] if m else None
+    def size(v):
+        if isinstance(v, int): return v
+        m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]i?)?[bB]?\s*", v)
+        mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+        return int(float(m.group(1)) * mult[(m.group(2) or "").lower()])
+    vol = None
+    if datavol in vct:
+        vol = qty([t for t in wl["spec"]["volumeClaimTemplates"] if t["metadata"]["name"] == datavol][0]["spec"]["resources"]["requests"]["storage"])
+    elif datavol in vols and "persistentVolumeClaim" in vols[datavol]:
+        claim = [p for p in of("PersistentVolumeClaim") if p["metadata"]["name"] == vols[datavol]["persistentVolumeClaim"]["claimName"]]
+        vol = qty(claim[0]["spec"]["resources"]["requests"]["storage"]) if claim else None   # None: existingClaim
+    elif datavol in vols and "emptyDir" in vols[datavol]:
+        vol = qty(vols[datavol]["emptyDir"].get("sizeLimit", "")) if vols[datavol]["emptyDir"].get("sizeLimit") else None
+    ms = cfg["storage"].get("max_size")
+    if vol:
+        check("storage.max_size is set and below the cache volume size", ms is not None and size(ms) < vol, f"max_size={ms}, volume={vol}")
     # each password_file must be a key of a Secret volume mounted at its directory
     for name, up in cfg.get("upstreams", {}).items():
         pf = up.get("password_file")
@@ -313,6 +334,8 @@ reject "credentials without a username" "set username or usernameKey" \
     --set upstreamCredentials.dockerhub.existingSecret=s
 reject "an upstream URL with a path" "/config/upstreams/dockerhub/url" \
     --set config.upstreams.dockerhub.url=https://example.com/v2
+reject "a volume size that is not a Kubernetes quantity" "cannot read the size" --set persistence.size=50GB
+reject "storage.target_ratio out of range" "/config/storage/target_ratio': minimum" --set-json config.storage.target_ratio=0.05
 reject "existingClaim shared by 2 StatefulSet replicas" "existingClaim works with one replica" \
     --set persistence.existingClaim=c --set replicaCount=2
 

@@ -506,6 +506,22 @@ impl TestProxy {
         walk(&self.store().join("blobs"))
     }
 
+    /// Wait (bounded) until `n` objects are committed and no temp file is left: the commit
+    /// (fsync, rename) follows the moment readers got their verified bytes.
+    pub async fn wait_committed(&self, n: usize) {
+        for _ in 0..500 {
+            if self.stored_files().len() == n && self.temp_files().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {n} committed objects, found {:?} and temp files {:?}",
+            self.stored_files(),
+            self.temp_files()
+        );
+    }
+
     /// Files under tmp/.
     pub fn temp_files(&self) -> Vec<std::path::PathBuf> {
         walk(&self.store().join("tmp"))

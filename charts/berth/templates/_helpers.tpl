@@ -113,6 +113,15 @@ upstreamCredentials, password_file (and username when given as a value).
 {{- $_ := set $up "username" $cred.username }}
 {{- end }}
 {{- end }}
+{{- $storage := $cfg.storage | default dict }}
+{{- if and (not (hasKey $storage "max_size")) (gt (int .Values.persistence.maxSizePercent) 0) }}
+{{- $size := ternary .Values.persistence.size .Values.persistence.emptyDirSizeLimit .Values.persistence.enabled }}
+{{- if $size }}
+{{- $bytes := include "berth.quantityBytes" $size | int64 }}
+{{- $_ := set $storage "max_size" (div (mul $bytes (int .Values.persistence.maxSizePercent)) 100) }}
+{{- $_ := set $cfg "storage" $storage }}
+{{- end }}
+{{- end }}
 {{- include "berth.toml.table" (dict "path" list "map" $cfg) }}
 {{- end }}
 
@@ -172,4 +181,15 @@ storageClassName: ""
 storageClassName: {{ .Values.persistence.storageClass | quote }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Bytes of a Kubernetes quantity such as 50Gi, 500M, 1T or 1073741824. */}}
+{{- define "berth.quantityBytes" -}}
+{{- $q := toString . }}
+{{- $m := regexFind "^[0-9]+" $q }}
+{{- if not $m }}{{ fail (printf "cannot read the size %q" $q) }}{{ end }}
+{{- $unit := trimPrefix $m $q }}
+{{- $mult := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if not (hasKey $mult $unit) }}{{ fail (printf "cannot read the size %q (use Ki, Mi, Gi, Ti, k, M, G or T)" $q) }}{{ end }}
+{{- mul (int64 $m) (get $mult $unit) }}
 {{- end }}

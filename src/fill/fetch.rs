@@ -1,0 +1,185 @@
+//! The upstream side of a fill: GET the blob (resuming with `Range` after a mid-body failure),
+//! hand each received frame to a writer thread that writes it into the temp file and hashes
+//! it, so receiving, hashing and writing overlap, and check the digest at the end.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_RANGE;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{Fills, Progress, CHUNK};
+use crate::cache::reserve_space;
+use crate::error::Error;
+use crate::oci::{Digest, Hasher, RepoName};
+use crate::upstream::{content_length, Upstream};
+
+/// Resumed upstream requests per fill after a mid-body failure.
+const MAX_RESUMES: u32 = 3;
+/// An upstream body that sends nothing for this long is treated as broken (and resumed).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames queued for the writer; bounds the memory a fill holds (frames are 8-64 KiB).
+const WRITER_QUEUE: usize = 64;
+
+enum WriteOp {
+    Data(Bytes),
+    /// The upstream ignored `Range`: the body starts again at byte 0.
+    Restart,
+}
+
+/// Fetch the whole blob into `file` and verify it; returns its size. Room for the blob is
+/// reserved (evicting if needed) before the first byte is written; the reservation is left in
+/// `reserved` for the caller to release.
+pub(super) async fn fetch(
+    fills: &Fills,
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    file: &Arc<File>,
+    tx: &watch::Sender<Progress>,
+    reserved: &mut Option<u64>,
+) -> Result<u64, Error> {
+    let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
+    let writer = {
+        let (file, tx, hasher) = (file.clone(), tx.clone(), digest.hasher());
+        let alg = digest.algorithm();
+        tokio::task::spawn_blocking(move || write_loop(&file, wrx, &tx, hasher, move || Hasher::new(alg)))
+    };
+    let received = receive(fills, upstream, repo, digest, tx, reserved, wtx).await;
+    // The writer ends once the sender is dropped (inside `receive`) and its queue is drained.
+    let written = writer
+        .await
+        .map_err(|e| Error::Store(io::Error::other(e.to_string()).into()));
+    let (hasher, size) = match (received, written) {
+        (Err(e), _) => return Err(e),
+        (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => return Err(e),
+        (Ok(()), Ok(Ok(done))) => done,
+    };
+    let actual = hasher.finish();
+    if actual != *digest {
+        let reason = format!("content hashes to {actual}");
+        return Err(Error::BadContent {
+            upstream: upstream.name().into(),
+            reference: digest.to_string(),
+            reason,
+        });
+    }
+    Ok(size)
+}
+
+/// Receive the body (with resumes) and queue it for the writer.
+async fn receive(
+    fills: &Fills,
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    tx: &watch::Sender<Progress>,
+    reserved: &mut Option<u64>,
+    wtx: mpsc::Sender<WriteOp>,
+) -> Result<(), Error> {
+    let writer_gone = || Error::Store(io::Error::other("the fill writer stopped").into());
+    let mut sent: u64 = 0;
+    let mut total: Option<u64> = None;
+    let mut resumes = 0;
+    loop {
+        let resp = upstream.fetch_blob(repo, digest, sent).await;
+        let resp = resp.map_err(|e| Error::from_upstream(upstream.name(), repo, e))?;
+        let Some(resp) = resp else {
+            return Err(Error::BlobUnknown(digest.to_string()));
+        };
+        if sent > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+            sent = 0;
+            wtx.send(WriteOp::Restart).await.map_err(|_| writer_gone())?;
+        }
+        if total.is_none() {
+            total = if resp.status() == StatusCode::PARTIAL_CONTENT {
+                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                range.and_then(|v| v.rsplit('/').next()?.parse().ok())
+            } else {
+                content_length(resp.headers())
+            };
+        }
+        if resumes == 0 {
+            if let Some(n) = total {
+                if !reserve_space(&fills.evictor, &fills.metrics, n).await? {
+                    return Err(Error::Uncacheable);
+                }
+                *reserved = Some(n);
+            }
+            tx.send_modify(|p| *p = Progress::Streaming { written: 0, total });
+        }
+        let mut body = resp.into_body();
+        let outcome: Result<(), String> = loop {
+            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+                Err(_) => break Err("upstream body stalled".into()),
+                Ok(None) => break Ok(()),
+                Ok(Some(Err(e))) => break Err(e.to_string()),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            upstream.record_blob_bytes(data.len() as u64);
+            sent += data.len() as u64;
+            wtx.send(WriteOp::Data(data)).await.map_err(|_| writer_gone())?;
+        };
+        if outcome.is_ok() && total.is_none_or(|t| sent == t) {
+            return Ok(());
+        }
+        if total.is_some_and(|t| sent > t) || resumes >= MAX_RESUMES {
+            let reason = outcome
+                .err()
+                .unwrap_or_else(|| format!("size {sent} does not match {total:?}"));
+            return Err(Error::BadContent {
+                upstream: upstream.name().into(),
+                reference: digest.to_string(),
+                reason,
+            });
+        }
+        resumes += 1;
+        tracing::info!(upstream = upstream.name(), digest = %digest, offset = sent, "resuming blob fill");
+    }
+}
+
+/// The writer thread: write and hash each frame in order, publishing progress at least every
+/// [`CHUNK`] bytes and whenever it has caught up with the network. Returns the hasher and size.
+fn write_loop(
+    file: &File,
+    mut rx: mpsc::Receiver<WriteOp>,
+    tx: &watch::Sender<Progress>,
+    mut hasher: Hasher,
+    fresh: impl Fn() -> Hasher,
+) -> Result<(Hasher, u64), Error> {
+    let publish = |n: u64| {
+        tx.send_modify(|p| {
+            if let Progress::Streaming { written, .. } = p {
+                // After a restart the same bytes are written again: never move backwards.
+                *written = (*written).max(n);
+            }
+        })
+    };
+    let (mut offset, mut published) = (0u64, 0u64);
+    while let Some(op) = rx.blocking_recv() {
+        match op {
+            WriteOp::Restart => {
+                offset = 0;
+                hasher = fresh();
+            }
+            WriteOp::Data(d) => {
+                file.write_all_at(&d, offset).map_err(|e| Error::Store(e.into()))?;
+                hasher.update(&d);
+                offset += d.len() as u64;
+            }
+        }
+        if offset >= published + CHUNK as u64 || rx.is_empty() {
+            publish(offset);
+            published = offset;
+        }
+    }
+    publish(offset);
+    Ok((hasher, offset))
+}
