@@ -61,4 +61,10 @@ else
     cargo test --release --no-fail-fast
 fi
 
+# The Helm chart: lint, render every ci/*-values.yaml, validate against Kubernetes schemas and
+# run berth check-config on each rendered config (helm and kubernetes-validate come from PyPI).
+log "charts/berth/test.sh"
+cargo build --release --bin berth
+BERTH_BIN="$PWD/target/release/berth" bash charts/berth/test.sh
+
 log "all tests passed"

@@ -315,3 +315,38 @@ async fn a_docker_v2_only_client_gets_a_v2_manifest_when_an_index_is_cached() {
         (404, Some("MANIFEST_UNKNOWN"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_upstreams_get_credentials_after_the_challenge() {
+    let fake = FakeRegistry::start().await;
+    *fake.state.basic.lock().unwrap() = Some("Ym90Omh1bnRlcjI=".into()); // bot:hunter2
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), "hunter2\n").unwrap();
+    let extra = format!("username = \"bot\"\npassword_file = {:?}\n", pw.path());
+    let proxy = TestProxy::start(&fake.url(), &extra).await;
+    let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[("accept", ALL)]).await;
+    assert_eq!(
+        (r.status, r.header("docker-content-digest")),
+        (200, Some(digest.as_str()))
+    );
+    let layer = r.json()["layers"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&proxy.url(&format!("/v2/library/app/blobs/{layer}")), &[])
+            .await
+            .status,
+        200
+    );
+    // One challenge, then credentials are sent up front.
+    assert_eq!(fake.hits("GET", "/v2/library/app/manifests/v1"), 2);
+    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{layer}")), 1);
+    // Wrong credentials: the client gets DENIED, not the upstream's challenge.
+    std::fs::write(pw.path(), "wrong\n").unwrap();
+    let proxy = TestProxy::start(&fake.url(), &extra).await;
+    let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[]).await;
+    assert_eq!(
+        (r.status, r.json()["errors"][0]["code"].as_str()),
+        (403, Some("DENIED"))
+    );
+    assert!(r.header("www-authenticate").is_none());
+}

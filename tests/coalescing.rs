@@ -187,3 +187,37 @@ async fn manifest_fetches_are_coalesced_when_clients_race() {
         assert_eq!(fake.hits("GET", &path), 1, "one upstream GET for {path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_neither_the_fill_nor_other_readers() {
+    let (fake, blob, d) = slow_fake().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let url = proxy.url(&format!("/v2/library/app/blobs/{d}"));
+    // A client that reads its headers and one frame, then stops reading (but stays connected).
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("/v2/library/app/blobs/{d}"))
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut stalled = sender.send_request(req).await.unwrap().into_body();
+    let mut got = stalled.frame().await.unwrap().unwrap().into_data().unwrap().to_vec();
+    // Others complete, and the fill commits, while the slow client holds its connection.
+    let replies = race(url, 4).await;
+    for r in &replies {
+        assert_eq!((r.status, r.bytes()), (200, &blob));
+    }
+    proxy.wait_committed(1).await;
+    assert_eq!(fake.hits("GET", &format!("/v2/library/app/blobs/{d}")), 1);
+    // The slow client can still finish, with the exact bytes.
+    while let Some(f) = stalled.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    assert!(got == blob, "the slow client got the exact bytes");
+    conn.abort();
+}

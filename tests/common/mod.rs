@@ -68,6 +68,8 @@ pub struct FakeState {
     pub honour_range: Mutex<bool>,
     /// Representations served to clients that do not accept the primary one.
     pub alternatives: Mutex<HashMap<(String, String), (String, Bytes)>>,
+    /// Require `Authorization: Basic <this>` (base64 of user:password) on /v2/ requests.
+    pub basic: Mutex<Option<String>>,
     /// Bearer realm to advertise instead of our own /token.
     pub realm: Mutex<Option<String>>,
 }
@@ -269,6 +271,15 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
             return r;
         }
         _ => {}
+    }
+    if let Some(basic) = st.basic.lock().unwrap().clone() {
+        let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
+        if !ok {
+            let mut r = oci_error(401, "UNAUTHORIZED");
+            r.headers_mut()
+                .insert("www-authenticate", "Basic realm=\"fake\"".parse().unwrap());
+            return r;
+        }
     }
     if let Some(token) = st.token.lock().unwrap().clone() {
         let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {token}"));
