@@ -51,11 +51,6 @@ cargo clippy --all-targets --release -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     log "cargo nextest run --release --no-fail-fast"
     cargo nextest run --release --no-fail-fast
-    # nextest does not run doctests.
-    log "cargo test --release --doc"
-    if cargo metadata --no-deps --format-version 1 | grep -q '"kind":\["lib"\]'; then
-        cargo test --release --doc
-    fi
 else
     log "cargo-nextest not installed: cargo test --release --no-fail-fast"
     cargo test --release --no-fail-fast

@@ -89,8 +89,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Every `eviction_interval`: check `min_free_space` (others may fill the disk) and refresh the
-/// storage gauges.
+/// Every `eviction_interval`: check `min_free_space` (others may fill the disk), refresh the
+/// storage gauges, and check that the store can still be written (else `/readyz` says no).
 async fn storage_pass(state: AppState) {
     let mut tick = tokio::time::interval(state.config.storage.eviction_interval);
     loop {
@@ -102,6 +102,15 @@ async fn storage_pass(state: AppState) {
             Ok(true) => state.blobs.index().release(0),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "storage pass failed"),
+        }
+        let blobs = state.blobs.clone();
+        let writable = tokio::task::spawn_blocking(move || blobs.create_temp().map(drop)).await;
+        let writable = matches!(writable, Ok(Ok(())));
+        if writable != state.store_writable.swap(writable, Ordering::Relaxed) {
+            match writable {
+                true => tracing::info!("store is writable again: ready"),
+                false => tracing::error!("store cannot be written: not ready"),
+            }
         }
     }
 }

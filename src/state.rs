@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False while starting and draining.
     pub ready: Arc<AtomicBool>,
+    /// False while nothing at all can be written to the store (checked by the storage pass).
+    pub store_writable: Arc<AtomicBool>,
     /// Background tasks (fills) to wait for on shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when the process shuts down.
@@ -90,13 +92,15 @@ impl AppState {
             flights: SingleFlight::default(),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            store_writable: Arc::new(AtomicBool::new(true)),
             tasks,
             shutdown,
         })
     }
 
-    /// Whether `/readyz` should say yes.
+    /// Whether `/readyz` should say yes: started, not draining, and the store is writable.
+    /// An upstream outage does not count: the cache still serves.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.store_writable.load(Ordering::Relaxed)
     }
 }

@@ -219,6 +219,16 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    fn remount(&self, mode: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "remount {mode} failed");
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
@@ -251,4 +261,30 @@ async fn a_full_disk_degrades_to_streaming_from_upstream_and_recovers() {
     );
     let m = proxy.metrics().await;
     assert!(m.contains("result=\"passthrough\""), "passthrough is counted:\n{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_store_that_cannot_be_written_and_recovers() {
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("store"), "8m");
+    let proxy = TestProxy::start_with(dir, &fake.url(), "eviction_interval = \"50ms\"", "").await;
+    let ready = |want: u16| {
+        let url = proxy.url("/readyz");
+        async move {
+            for _ in 0..200 {
+                if get(&url, &[]).await.status == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(ready(200).await);
+    mount.remount("ro");
+    assert!(ready(503).await, "read-only store: not ready");
+    assert_eq!(get(&proxy.url("/livez"), &[]).await.status, 200, "but alive");
+    mount.remount("rw");
+    assert!(ready(200).await, "ready again without a restart");
 }
