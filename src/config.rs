@@ -313,115 +313,6 @@ impl Config {
         doc.try_into()
             .map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))
     }
-
-    /// Every problem in the config, errors and warnings, in a stable order.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let mut err = |m: String| {
-            out.push(Problem {
-                severity: Severity::Error,
-                message: m,
-            })
-        };
-        if self.upstreams.is_empty() {
-            err("no [upstreams.<name>] table: at least one upstream is required".into());
-        }
-        let defaults: Vec<&str> = self
-            .upstreams
-            .iter()
-            .filter(|(_, u)| u.default)
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if !self.upstreams.is_empty() && defaults.len() != 1 {
-            err(format!(
-                "exactly one upstream must have default = true, found {}: {defaults:?}",
-                defaults.len()
-            ));
-        }
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-        let mut warnings = Vec::new();
-        for (name, up) in &self.upstreams {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                err(format!("upstream name {name:?}: use letters, digits, '-' and '_' only"));
-            }
-            match (up.url.scheme_str(), up.url.authority()) {
-                (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
-                _ => err(format!(
-                    "upstreams.{name}.url {:?}: must be http(s)://host[:port] without credentials",
-                    up.url.to_string()
-                )),
-            }
-            if !matches!(up.url.path(), "" | "/") || up.url.query().is_some() {
-                err(format!("upstreams.{name}.url: must not have a path or query"));
-            }
-            for alias in &up.aliases {
-                let a = alias.to_ascii_lowercase();
-                if a.is_empty() || a.contains('/') || a.contains(char::is_whitespace) {
-                    err(format!(
-                        "upstreams.{name}.aliases: {alias:?} is not a registry host name"
-                    ));
-                    continue;
-                }
-                if let Some(other) = seen.insert(a.clone(), name) {
-                    err(format!(
-                        "alias {alias:?} is used by both upstreams.{other} and upstreams.{name}"
-                    ));
-                }
-                if !a.contains('.') && !a.contains(':') && a != "localhost" {
-                    warnings.push(format!(
-                        "upstreams.{name}.aliases: {alias:?} has no dot; as a path prefix it can collide with a Docker Hub organisation"
-                    ));
-                }
-            }
-            if up.password_file.is_some() && up.password_env.is_some() {
-                err(format!("upstreams.{name}: set password_file or password_env, not both"));
-            }
-            let has_password = up.password_file.is_some() || up.password_env.is_some();
-            if up.username.is_some() != has_password {
-                err(format!(
-                    "upstreams.{name}: username and a password (password_file or password_env) go together"
-                ));
-            }
-            if let Err(e) = up.load_password() {
-                err(format!("upstreams.{name}: {e}"));
-            }
-            if let Some(ca) = &up.ca_file {
-                if let Err(e) = std::fs::metadata(ca) {
-                    err(format!("upstreams.{name}.ca_file {}: {e}", ca.display()));
-                }
-            }
-            if up.retries > 5 {
-                err(format!("upstreams.{name}.retries: at most 5"));
-            }
-            if up.circuit_failures == 0 {
-                err(format!("upstreams.{name}.circuit_failures: at least 1"));
-            }
-            if up.timeout.is_zero() || up.connect_timeout.is_zero() {
-                err(format!("upstreams.{name}: timeouts must be greater than zero"));
-            }
-        }
-        if self.storage.path.as_os_str().is_empty() {
-            err("storage.path is empty".into());
-        }
-        if !(0.1..=1.0).contains(&self.storage.target_ratio) {
-            err("storage.target_ratio must be between 0.1 and 1.0".into());
-        }
-        if self.storage.max_size == Some(0) {
-            err("storage.max_size must be greater than zero".into());
-        }
-        if self.server.max_connections == 0 {
-            err("server.max_connections must be at least 1".into());
-        }
-        out.extend(warnings.into_iter().map(|m| Problem {
-            severity: Severity::Warning,
-            message: m,
-        }));
-        out
-    }
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -500,6 +391,8 @@ fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     s.parse::<Uri>()
         .map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
 }
+
+mod validate;
 
 #[cfg(test)]
 mod tests;

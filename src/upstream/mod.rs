@@ -6,22 +6,24 @@
 mod auth;
 mod breaker;
 mod client;
+mod request;
 mod set;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::Incoming;
 
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
 pub use breaker::{parse_retry_after, Admit, Breaker};
 pub use client::{is_public, HttpClient};
+use request::{check_status, encode_query, header_string};
+pub use request::{content_length, read_capped};
 pub use set::{RouteError, UpstreamSet};
 
 use crate::config::{Secret, UpstreamConfig};
@@ -30,8 +32,6 @@ use crate::oci::{Digest, RepoName};
 
 /// Largest manifest accepted from upstream (distribution, containers/image: 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
-/// Largest token response read.
-const MAX_TOKEN_BYTES: usize = 1 << 20;
 
 /// What went wrong talking to an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -185,193 +185,6 @@ impl Upstream {
         self.manifest_ttl
     }
 
-    fn url(&self, path_and_query: &str) -> Result<Uri, Error> {
-        let base = self.base.to_string();
-        format!("{}{}", base.trim_end_matches('/'), path_and_query)
-            .parse()
-            .map_err(|_| Error::Protocol("bad url".into()))
-    }
-
-    fn basic_header(&self) -> Option<HeaderValue> {
-        let (user, pass) = (self.username.as_ref()?, self.password.as_ref()?);
-        let raw = base64_encode(format!("{user}:{}", pass.0).as_bytes());
-        let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-
-    fn authorization(&self, scope: &str) -> Option<HeaderValue> {
-        if let Some(t) = self.tokens.get(scope) {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.value.0)).ok()?;
-            v.set_sensitive(true);
-            return Some(v);
-        }
-        if self.basic.load(Ordering::Relaxed) {
-            return self.basic_header();
-        }
-        None
-    }
-
-    /// Send a pull request for `repo`, answering one 401 challenge.
-    async fn request(
-        &self,
-        kind: Kind,
-        method: Method,
-        repo: &RepoName,
-        path_and_query: &str,
-        extra: HeaderMap,
-    ) -> Result<Response<Incoming>, Error> {
-        let scope = format!("repository:{repo}:pull");
-        let url = self.url(path_and_query)?;
-        let mut retried = false;
-        loop {
-            let mut headers = extra.clone();
-            if let Some(a) = self.authorization(&scope) {
-                headers.insert(AUTHORIZATION, a);
-            }
-            let resp = self.send(kind, &method, &url, headers).await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
-                return Ok(resp);
-            }
-            retried = true;
-            let challenge = resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_challenge);
-            match challenge {
-                Some(Challenge::Bearer { realm, service, .. }) => {
-                    self.tokens.remove(&scope);
-                    self.fetch_token(&realm, service.as_deref(), &scope).await?;
-                }
-                Some(Challenge::Basic) if self.password.is_some() => self.basic.store(true, Ordering::Relaxed),
-                _ => return Ok(resp),
-            }
-        }
-    }
-
-    /// Send through the breaker: fail fast while it is open or while a 429 back-off runs;
-    /// retry connect failures and 5xx (nothing of the body was read yet) with jittered backoff.
-    async fn send(
-        &self,
-        kind: Kind,
-        method: &Method,
-        url: &Uri,
-        headers: HeaderMap,
-    ) -> Result<Response<Incoming>, Error> {
-        let mut attempt = 0;
-        loop {
-            match self.breaker.admit(Instant::now()) {
-                Admit::Yes => {}
-                Admit::CircuitOpen => {
-                    self.count_error("circuit_open");
-                    return Err(Error::CircuitOpen);
-                }
-                Admit::Throttled(wait) => {
-                    self.count_error("throttled");
-                    return Err(Error::Throttled(Some(HeaderValue::from(wait.as_secs().max(1)))));
-                }
-            }
-            let resp = self.client.send(method.clone(), url.clone(), headers.clone()).await;
-            let code = match &resp {
-                Ok(r) => r.status().as_str().to_string(),
-                Err(Error::Timeout(_)) => "timeout".to_string(),
-                Err(_) => "error".to_string(),
-            };
-            self.metrics
-                .upstream_requests
-                .with_label_values(&[&self.name, kind.as_str(), method.as_str(), &code])
-                .inc();
-            let retryable = match &resp {
-                Ok(r) if r.status().is_server_error() => {
-                    self.count_error("status_5xx");
-                    self.breaker.failure(Instant::now());
-                    true
-                }
-                Ok(r) => {
-                    self.metrics.record_ratelimit(&self.name, r.headers());
-                    self.breaker.success();
-                    if r.status() == StatusCode::TOO_MANY_REQUESTS {
-                        self.count_error("status_429");
-                        self.breaker
-                            .throttled(Instant::now(), parse_retry_after(r.headers().get(RETRY_AFTER)));
-                    }
-                    false
-                }
-                Err(e @ (Error::Connect(_) | Error::Timeout(_))) => {
-                    self.count_error(if matches!(e, Error::Timeout(_)) {
-                        "timeout"
-                    } else {
-                        "connect"
-                    });
-                    if self.breaker.failure(Instant::now()) {
-                        tracing::warn!(upstream = %self.name, "upstream keeps failing: circuit open");
-                    }
-                    // A timeout already cost the full wait; do not double it.
-                    matches!(e, Error::Connect(_))
-                }
-                Err(_) => false,
-            };
-            if !retryable || attempt >= self.retries || self.breaker.is_open() {
-                return resp;
-            }
-            attempt += 1;
-            // 100 ms, 200 ms, 400 ms... with +-50% jitter.
-            let base = 100u64 << (attempt - 1).min(5);
-            tokio::time::sleep(Duration::from_millis(base / 2 + fastrand::u64(..=base))).await;
-        }
-    }
-
-    fn count_error(&self, reason: &str) {
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[&self.name, reason])
-            .inc();
-    }
-
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(), Error> {
-        let realm_uri: Uri = realm.parse().map_err(|_| Error::Realm("unparsable".into()))?;
-        if !realm_allowed(&self.base, &realm_uri) {
-            return Err(Error::Realm(realm_uri.host().unwrap_or("?").to_string()));
-        }
-        let mut query = format!("scope={}", encode_query(scope));
-        if let Some(s) = service {
-            query.push_str(&format!("&service={}", encode_query(s)));
-        }
-        let sep = if realm.contains('?') { '&' } else { '?' };
-        let url: Uri = format!("{realm}{sep}{query}")
-            .parse()
-            .map_err(|_| Error::Realm("unparsable".into()))?;
-        let mut headers = HeaderMap::new();
-        if let Some(b) = self.basic_header() {
-            headers.insert(AUTHORIZATION, b);
-        }
-        let resp = self.send(Kind::Token, &Method::GET, &url, headers).await?;
-        if !resp.status().is_success() {
-            return Err(Error::Token(format!("status {}", resp.status().as_u16())));
-        }
-        let body = read_capped(resp.into_body(), MAX_TOKEN_BYTES).await?;
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| Error::Token("unparsable response".into()))?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::Token("no token".into()))?;
-        // Spec: expires_in defaults to 60 s.
-        self.tokens.insert(
-            scope,
-            Secret(token),
-            Duration::from_secs(t.expires_in.unwrap_or(60).max(1)),
-        );
-        Ok(())
-    }
-
     async fn manifest_request(
         &self,
         method: Method,
@@ -508,92 +321,4 @@ fn accept_headers(accept: &[HeaderValue]) -> HeaderMap {
         h.append(ACCEPT, v.clone());
     }
     h
-}
-
-/// 2xx passes, 404 is `None`, everything else an error.
-fn check_status(resp: Response<Incoming>) -> Result<Option<Response<Incoming>>, Error> {
-    let s = resp.status();
-    match s.as_u16() {
-        200..=299 => Ok(Some(resp)),
-        404 => Ok(None),
-        401 | 403 => Err(Error::Denied(s.as_u16())),
-        429 => Err(Error::Throttled(resp.headers().get(RETRY_AFTER).cloned())),
-        code => Err(Error::Status(code)),
-    }
-}
-
-/// Read a whole body, failing once it passes `max` bytes.
-pub async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::Protocol(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > max {
-                return Err(Error::TooLarge(max));
-            }
-            buf.extend_from_slice(data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
-fn header_string(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-/// `Content-Length`, if present and numeric.
-pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-fn encode_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn base64_encode(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_base64_encoded() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("user:pass", "dXNlcjpwYXNz"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(base64_encode(input.as_bytes()), want, "{input:?}");
-        }
-    }
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(encode_query("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
-    }
 }
