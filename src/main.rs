@@ -259,6 +259,8 @@ async fn serve(config: Config) -> ExitCode {
         None => None,
     };
     tracing::info!(listen = %config.server.listen, metrics = ?config.metrics.listen, "listening");
+    // Secrets are only ever file paths or variable names here; `Secret` values print as ***.
+    tracing::info!(config = ?config, "effective configuration");
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     match berth::run(config, listener, metrics_listener, shutdown).await {

@@ -129,3 +129,50 @@ async fn the_store_stays_consistent_when_berth_is_killed_during_fills() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_not_ready_then_drains_and_exits_zero() {
+    let fake = FakeRegistry::start().await;
+    fake.set_chunk_delay(Duration::from_millis(5));
+    let blob = random_bytes(4 << 20);
+    let d = fake.put_blob(blob.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "sentinel-secret-4711\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_delay = \"1s\"\ndrain_timeout = \"20s\"\n[storage]\npath = {:?}\n[upstreams.hub]\nurl = \"{}\"\naliases = [\"docker.io\"]\ndefault = true\nusername = \"u\"\npassword_file = {pw:?}\n",
+            dir.path().join("store"),
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("berth.log");
+    let mut child = spawn_berth(&config, &log);
+    wait_ready(port).await;
+    // A slow transfer is in flight when SIGTERM arrives (about 1.6 s at this pace).
+    let url = format!("http://127.0.0.1:{port}/v2/library/app/blobs/{d}");
+    let transfer = tokio::spawn(async move { get(&url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let term = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = get(&format!("http://127.0.0.1:{port}/readyz"), &[]).await;
+    assert_eq!(r.status, 503, "not ready during shutdown_delay, while still answering");
+    let r = transfer.await.unwrap();
+    assert_eq!((r.status, r.bytes()), (200, &blob), "the in-flight transfer drains");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "clean exit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("effective configuration"), "config logged once");
+    assert!(!text.contains("sentinel-secret-4711"), "secrets never reach the log");
+}
