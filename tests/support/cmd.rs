@@ -52,8 +52,8 @@ impl CmdRun {
             "`{}` -> {outcome} in {:?}\n--- stderr ---\n{}\n--- stdout ---\n{}",
             self.command,
             self.elapsed,
-            tail(&self.stderr, 150),
-            tail(&self.stdout, 150)
+            super::tail_text(&self.stderr, 150),
+            super::tail_text(&self.stdout, 150)
         )
     }
 }
@@ -109,18 +109,4 @@ fn describe_command(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
-}
-
-fn tail(text: &str, max_lines: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let skip = lines.len().saturating_sub(max_lines);
-    let mut out = String::new();
-    if skip > 0 {
-        out.push_str(&format!("[... {skip} earlier lines omitted ...]\n"));
-    }
-    for line in &lines[skip..] {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }

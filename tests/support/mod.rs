@@ -128,24 +128,26 @@ pub fn kill_and_wait(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The last `max_lines` lines of `text`, with a note of how many were left out.
+pub fn tail_text(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(max_lines);
+    let mut out = String::new();
+    if skip > 0 {
+        out.push_str(&format!("[... {skip} earlier lines omitted ...]\n"));
+    }
+    for line in &lines[skip..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The last `max_lines` lines of the file at `path` (or a note that it is unreadable).
 #[allow(dead_code)]
 pub fn tail_file(path: &Path, max_lines: usize) -> String {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            let skip = lines.len().saturating_sub(max_lines);
-            let mut out = String::new();
-            if skip > 0 {
-                out.push_str(&format!("[... {skip} earlier lines omitted ...]\n"));
-            }
-            for line in &lines[skip..] {
-                out.push_str(line);
-                out.push('\n');
-            }
-            out
-        }
+        Ok(bytes) => tail_text(&String::from_utf8_lossy(&bytes), max_lines),
         Err(e) => format!("[cannot read {}: {e}]", path.display()),
     }
 }

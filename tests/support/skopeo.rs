@@ -74,14 +74,7 @@ pub fn run_skopeo(args: &[String]) -> SkopeoRun {
     let command = format!("skopeo {}", args.join(" "));
     let mut cmd = Command::new(skopeo);
     cmd.args(args).stdin(Stdio::null());
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
+    for var in super::cmd::PROXY_VARS {
         cmd.env_remove(var);
     }
     let out = cmd.output().expect("run skopeo");
