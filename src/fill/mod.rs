@@ -216,9 +216,7 @@ impl Fills {
             Some(n) => self.store.index().release(n),
             // The size was unknown up front: get back under the budget now.
             None => {
-                if let Ok(true) = reserve_space(&self.evictor, &self.metrics, 0).await {
-                    self.store.index().release(0);
-                }
+                let _ = reserve_space(&self.evictor, &self.metrics, 0).await;
             }
         }
     }
