@@ -70,7 +70,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CacheCommand {
-    /// Objects, bytes, limit, free space, tags per upstream, hit ratio.
+    /// Objects, bytes, limit, free space, tags and bytes per upstream, hit ratio.
     Stats {
         /// JSON output.
         #[arg(long)]

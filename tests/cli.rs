@@ -146,7 +146,12 @@ async fn cache_commands_list_pin_remove_and_collect() {
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["objects"], 3, "manifest, layer, orphan: {stats}");
-    assert_eq!(stats["tags_by_upstream"]["hub"], 1);
+    assert_eq!(stats["upstreams"]["hub"]["tags"], 1);
+    let hub_bytes = stats["upstreams"]["hub"]["bytes"].as_u64().unwrap();
+    assert!(
+        hub_bytes > 100_000 && hub_bytes < stats["bytes"].as_u64().unwrap(),
+        "the tag reaches all but the orphan: {stats}"
+    );
     assert!(
         stats["hit_ratio"].is_number(),
         "hit ratio from the running server's metrics: {stats}"

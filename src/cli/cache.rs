@@ -1,6 +1,6 @@
 //! `berth cache stats|ls|rm|pin|unpin`: read and edit the store directory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -32,16 +32,23 @@ fn open(config: &Config) -> Result<Store, CliError> {
     })
 }
 
-/// `cache stats`: objects, bytes, limit, free space, tags per upstream, pins, and the hit
+/// `cache stats`: objects, bytes, limit, free space, tags and bytes per upstream, pins, and the hit
 /// ratio from the running server's metrics when `[metrics] listen` is set and answers.
 pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     let s = open(config)?;
     let entries = s.blobs.index().entries();
     let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
-    let mut by_upstream: BTreeMap<String, usize> = BTreeMap::new();
+    let index: HashMap<Digest, Entry> = entries.iter().cloned().collect();
+    // Per upstream: its tags, and the bytes of everything they reach (each object once per
+    // upstream; layers shared between upstreams count for each).
+    let mut by_upstream: BTreeMap<String, (usize, HashSet<Digest>)> = BTreeMap::new();
     for t in s.tags.all()? {
-        *by_upstream.entry(t.upstream).or_default() += 1;
+        let (tags, reach) = by_upstream.entry(t.upstream).or_default();
+        *tags += 1;
+        reach.extend(reachable(&s, &index, &t.record.digest));
     }
+    let upstream_bytes =
+        |reach: &HashSet<Digest>| reach.iter().filter_map(|d| index.get(d)).map(|e| e.size).sum::<u64>();
     let free = crate::store::free_space(&config.storage.path);
     let hit_ratio = match config.metrics.listen {
         Some(addr) => super::warm::fetch_text(&format!("http://{}/metrics", loopback(addr)))
@@ -54,7 +61,8 @@ pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     if as_json {
         let v = json!({
             "objects": entries.len(), "bytes": bytes, "max_size": config.storage.max_size,
-            "filesystem_free_bytes": free, "tags_by_upstream": by_upstream, "pins": pins, "hit_ratio": hit_ratio,
+            "filesystem_free_bytes": free, "pins": pins, "hit_ratio": hit_ratio,
+            "upstreams": by_upstream.iter().map(|(u, (tags, reach))| (u.clone(), json!({"tags": tags, "bytes": upstream_bytes(reach)}))).collect::<serde_json::Map<_, _>>(),
         });
         return Ok(v.to_string());
     }
@@ -69,8 +77,11 @@ pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     );
     out += &format!("free space   {}\n", free.map_or("unknown".into(), human_bytes));
     out += &format!("pins         {pins}\n");
-    for (u, n) in &by_upstream {
-        out += &format!("tags         {u}: {n}\n");
+    for (u, (tags, reach)) in &by_upstream {
+        out += &format!(
+            "upstream     {u}: {tags} tags, {}\n",
+            human_bytes(upstream_bytes(reach))
+        );
     }
     out += &format!(
         "hit ratio    {}\n",
@@ -102,24 +113,31 @@ fn hit_ratio(metrics: &str) -> Option<f64> {
     (all > 0.0).then_some(hits / all)
 }
 
-/// Total bytes of a manifest and everything it references that is in the store.
-fn image_size(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> u64 {
-    let mut total = 0;
+/// A manifest and everything it references that is in the store.
+fn reachable(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> HashSet<Digest> {
+    let mut seen = HashSet::new();
     let mut todo = vec![root.clone()];
-    let mut seen = std::collections::HashSet::new();
     while let Some(d) = todo.pop() {
+        let Some(e) = index.get(&d) else { continue };
         if !seen.insert(d.clone()) {
             continue;
         }
-        let Some(e) = index.get(&d) else { continue };
-        total += e.size;
         if e.size <= MAX_MANIFEST_BYTES as u64 {
             if let Ok(Some(b)) = s.blobs.load_verified(&d, MAX_MANIFEST_BYTES as u64) {
                 todo.extend(references(&b));
             }
         }
     }
-    total
+    seen
+}
+
+/// Total bytes of a manifest and everything it references that is in the store.
+fn image_size(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> u64 {
+    reachable(s, index, root)
+        .iter()
+        .filter_map(|d| index.get(d))
+        .map(|e| e.size)
+        .sum()
 }
 
 fn unix(t: SystemTime) -> u64 {
