@@ -164,18 +164,6 @@ impl Containerd {
             .map(|cols| cols.get(2).expect("ctr images ls has a DIGEST column").to_string())
     }
 
-    /// The `PLATFORMS` column of `ctr images ls` for `reference`.
-    pub fn image_platforms(&self, reference: &str) -> Option<String> {
-        let run = self.ctr(&["images", "ls"]);
-        run.assert_success("ctr images ls");
-        run.stdout
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|cols| cols.first() == Some(&reference))
-            .and_then(|cols| cols.get(5).map(|s| s.to_string()))
-    }
-
     /// Every digest in the content store (`ctr content ls -q`).
     pub fn content_digests(&self) -> BTreeSet<String> {
         let run = self.ctr(&["content", "ls", "-q"]);
