@@ -8,6 +8,7 @@
 //! server.rs      accept loop (conn limit, header timeout, graceful drain), /metrics listener
 //! http/          ProxyService + access log (mod), route parser, Range, body types
 //! api/           handlers: base, manifests (tags, digests, negotiation), blobs, tags/list
+//! auth/          client identity (TLS client certificate)
 //! fill.rs        single-flight blob fills streamed to every reader from the temp file
 //! coalesce.rs    single-flight for manifest fetches and tag revalidations
 //! cache.rs       manifests and tag records in memory over the store; tag freshness
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;
