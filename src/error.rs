@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use crate::http::body::{self, Body};
+use crate::body::{self, Body};
 use crate::oci::{DigestError, NameError, RepoName};
 use crate::{store, upstream};
 

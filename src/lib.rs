@@ -2,44 +2,52 @@
 //!
 //! # Layout
 //! ```text
-//! main.rs        CLI (serve, check-config, version); exit codes
-//! lib.rs         run(): build state, start listeners, shut down in order
-//! config.rs      config.toml structs, env overrides, validate()
-//! server.rs      accept loop (conn limit, header timeout, graceful drain), /metrics listener
-//! http/          ProxyService + access log (mod), route parser, Range, body types
-//! api/           handlers: base, manifests (tags, digests, negotiation), blobs, tags/list
-//! auth/          client identity (TLS client certificate)
-//! fill.rs        single-flight blob fills streamed to every reader from the temp file
-//! coalesce.rs    single-flight for manifest fetches and tag revalidations
-//! cache.rs       manifests and tag records in memory over the store; tag freshness
-//! store/         content-addressed files (cas) and tag records (tags) on disk
-//! upstream/      Upstream (client, auth, redirects), UpstreamSet (routing: ns/prefix/default)
-//! oci/           RepoName, Tag, Reference, Digest, MediaType: spec grammar only
-//! error.rs       Error -> OCI error response (the only place)
-//! metrics.rs     Metrics with its own registry
+//! main.rs         CLI entry: serve, check-config, version, cache, gc, warm, healthcheck
+//! lib.rs          run(): build state, start listeners, shut down in order
+//! config.rs       config.toml structs, env overrides, validate() (config/)
+//! server.rs       accept loop (conn limit, header timeout, graceful drain), /metrics listener
+//! http/           ProxyService + access log (mod), route parser
+//! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list
+//! auth/           client identity (TLS client certificate)
+//! manifests/      the manifest service: freshness, revalidation, stale-if-error, flight
+//!                 keys, verification, tag moves, negative cache, memory over the store
+//! fill/           single-flight blob fills streamed to every reader from the temp file
+//! coalesce.rs     single-flight for manifest fetches and tag revalidations
+//! store/          content-addressed files (cas), index, eviction, tag records, pins
+//! upstream/       Upstream (client, auth, breaker, requests), UpstreamSet (routing)
+//! cli/            cache stats|ls|rm|pin|unpin, gc, warm
+//! body/           response body type and byte ranges (leaf: imports nothing of the crate)
+//! cache_result.rs CacheResult: how a request was answered (log, metrics, hit ratio)
+//! oci/            RepoName, Tag, Reference, Digest, MediaType, manifest limits and walk
+//! error.rs        Error -> OCI error response (the only place)
+//! metrics.rs      Metrics with its own registry and typed recorders
 //! ```
-//! Dependencies flow one way: `server -> http -> api -> {fill, cache, upstream, store} -> oci`.
+//! Dependencies flow one way: `server -> http -> api -> {manifests, fill} -> {store,
+//! upstream} -> oci`; `error`, `metrics`, `body` and `cache_result` are leaves below them
+//! (`docs/architecture.md` has the full map).
 //!
 //! # Request flow
 //! accept -> hyper-util auto (HTTP/1.1, h2) -> `http::handle` -> `route::parse` (validates
 //! name, reference, digest) -> `UpstreamSet::resolve` (`?ns=`, path prefix, default) ->
-//! `api::manifests::get` (tag record fresh? store : coalesced HEAD/GET upstream -> verify ->
-//! store -> move tag) or `api::blobs::get` (store hit : `Fills::start_or_join` -> stream the
-//! temp file as it grows) -> any `Err` becomes the OCI error in `error.rs` -> one access-log
-//! line when the body ends.
+//! `api::manifests::get` -> `Manifests::resolve` (tag record fresh? store : coalesced HEAD/GET
+//! upstream -> verify -> store -> move tag) or `api::blobs::get` (store hit :
+//! `Fills::start_or_join` -> stream the temp file as it grows) -> any `Err` becomes the OCI
+//! error in `error.rs` -> one access-log line when the body ends.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
-pub mod cache;
+pub mod body;
+pub mod cache_result;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod fill;
 pub mod http;
+pub mod manifests;
 pub mod metrics;
 pub mod oci;
 pub mod server;
@@ -101,7 +109,7 @@ async fn storage_pass(state: AppState) {
             _ = state.shutdown.cancelled() => return,
         }
         // Reserving nothing just runs the budget check (and refreshes the gauges).
-        if let Err(e) = cache::reserve_space(&state.evictor, &state.metrics, 0).await {
+        if let Err(e) = state.evictor.reserve(0).await {
             tracing::error!(error = %e, "storage pass failed");
         }
         let blobs = state.blobs.clone();

@@ -2,12 +2,15 @@
 //! fields, and the text encoder for `GET /metrics`. Labels are low-cardinality only
 //! (`upstream`, `kind`, `result`, ...): never a repository or digest.
 
-use http::HeaderMap;
+use http::{HeaderMap, Method, StatusCode};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Every berth metric.
+use crate::cache_result::{CacheResult, Source};
+
+/// Every berth metric. Record through the `record_*` methods, which fix each metric's label
+/// order in one place.
 pub struct Metrics {
     registry: Registry,
     /// `berth_http_requests_total{kind,method,code}`
@@ -46,6 +49,12 @@ pub struct Metrics {
     pub evictions: IntCounterVec,
     /// `berth_evicted_bytes_total{reason}`
     pub evicted_bytes: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -175,6 +184,59 @@ impl Metrics {
             evicted_bytes: counter(&r, "berth_evicted_bytes_total", "Bytes evicted", &["reason"]),
             registry: r,
         }
+    }
+
+    /// A cache lookup for a manifest or blob of `upstream`.
+    pub fn record_lookup(&self, kind: &str, upstream: &str, result: CacheResult) {
+        self.cache_lookups
+            .with_label_values(&[kind, upstream, result.as_str()])
+            .inc();
+    }
+
+    /// A request that joined another's upstream fetch.
+    pub fn record_coalesced(&self, kind: &str, upstream: &str) {
+        self.coalesced.with_label_values(&[kind, upstream]).inc();
+    }
+
+    /// A finished client request: count, duration, and the body bytes sent, by where they came
+    /// from (responses without a cache result, such as errors, count as `upstream`).
+    pub fn record_request(
+        &self,
+        kind: &str,
+        method: &Method,
+        status: StatusCode,
+        result: Option<CacheResult>,
+        seconds: f64,
+        bytes: u64,
+    ) {
+        let cache = result.map_or("none", CacheResult::as_str);
+        let source = result.map_or(Source::Upstream, CacheResult::source);
+        self.http_requests
+            .with_label_values(&[kind, method.as_str(), status.as_str()])
+            .inc();
+        self.http_duration.with_label_values(&[kind, cache]).observe(seconds);
+        self.served_bytes
+            .with_label_values(&[kind, source.as_str()])
+            .inc_by(bytes);
+    }
+
+    /// A request sent to an upstream; `code` is the status, `timeout` or `error`.
+    pub fn record_upstream_request(&self, upstream: &str, kind: &str, method: &Method, code: &str) {
+        self.upstream_requests
+            .with_label_values(&[upstream, kind, method.as_str(), code])
+            .inc();
+    }
+
+    /// An upstream failure by reason.
+    pub fn record_upstream_error(&self, upstream: &str, reason: &str) {
+        self.upstream_errors.with_label_values(&[upstream, reason]).inc();
+    }
+
+    /// Body bytes received from an upstream.
+    pub fn record_fetched_bytes(&self, kind: &str, upstream: &str, n: u64) {
+        self.upstream_fetched_bytes
+            .with_label_values(&[kind, upstream])
+            .inc_by(n);
     }
 
     /// Record Docker Hub's `ratelimit-limit: 100;w=21600` style headers.

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::body;
+use crate::body;
 use crate::http::ProxyService;
 use crate::metrics::Metrics;
 use crate::state::AppState;

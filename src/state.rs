@@ -7,27 +7,12 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{Manifest, ManifestCache, TagKey};
-use crate::coalesce::SingleFlight;
 use crate::config::Config;
-use crate::error::Error;
 use crate::fill::Fills;
+use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
-use crate::oci::Digest;
 use crate::store::{BlobStore, Evictor, Limits, TagStore};
 use crate::upstream::UpstreamSet;
-
-/// What a coalesced manifest fetch is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum FlightKey {
-    /// Resolving or revalidating a tag.
-    Tag(TagKey),
-    /// Fetching a manifest by digest from an upstream.
-    Digest(String, Digest),
-}
-
-/// The shared result of a coalesced manifest fetch: the manifest and the cache result label.
-pub type FlightResult = Result<(Arc<Manifest>, &'static str), Arc<Error>>;
 
 /// Shared handles for request handlers and background tasks.
 #[derive(Clone)]
@@ -40,12 +25,10 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Keeps the store inside its budget.
     pub evictor: Arc<Evictor>,
-    /// Manifests and tags, memory over disk.
-    pub manifests: ManifestCache,
+    /// The manifest service (tags, freshness, revalidation, coalesced fetches).
+    pub manifests: Manifests,
     /// Blob fills in progress.
     pub fills: Fills,
-    /// Manifest fetches in progress.
-    pub flights: SingleFlight<FlightKey, FlightResult>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// False while starting and draining.
@@ -69,15 +52,15 @@ impl AppState {
             min_free_space: st.min_free_space,
             target_ratio: st.target_ratio,
         };
-        let evictor = Arc::new(Evictor::new(blobs.clone(), limits));
+        let evictor = Arc::new(Evictor::new(blobs.clone(), limits, metrics.clone()));
         let tags = TagStore::new(&config.storage.path);
-        let manifests = ManifestCache::new(
+        let cache = ManifestCache::new(
             evictor.clone(),
-            metrics.clone(),
             tags,
             config.cache.memory_bytes,
             config.cache.negative_ttl,
         );
+        let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error);
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -89,7 +72,6 @@ impl AppState {
             evictor,
             manifests,
             fills,
-            flights: SingleFlight::default(),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             store_writable: Arc::new(AtomicBool::new(true)),

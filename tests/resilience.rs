@@ -49,6 +49,39 @@ async fn a_stale_tag_costs_one_head_and_no_get_when_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_bytes_are_from_cache_when_a_revalidated_tag_is_served_from_disk() {
+    let fake = FakeRegistry::start().await;
+    let (_, manifest) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let proxy = TestProxy::start(&fake.url(), "[cache]\nmanifest_ttl = \"0s\"\n").await;
+    for _ in 0..3 {
+        let r = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+        assert_eq!(r.status, 200);
+    }
+    let n = manifest.len();
+    let want = [
+        format!("berth_served_bytes_total{{kind=\"manifest\",source=\"upstream\"}} {n}"),
+        format!(
+            "berth_served_bytes_total{{kind=\"manifest\",source=\"cache\"}} {}",
+            2 * n
+        ),
+    ];
+    // The access log (and these counters) is written when the server drops the body, just
+    // after the client has read it: poll the real condition with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = proxy.metrics().await;
+    while !want.iter().all(|w| m.contains(w.as_str())) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = proxy.metrics().await;
+    }
+    for w in &want {
+        assert!(
+            m.contains(w.as_str()),
+            "one miss from upstream, two revalidated serves from disk: {w}\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_tag_is_served_fresh_and_the_old_digest_stays_pullable() {
     let fake = FakeRegistry::start().await;
     let (old, old_bytes) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);

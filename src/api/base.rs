@@ -3,7 +3,7 @@
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Response};
 
-use crate::http::body::{self, Body};
+use crate::body::{self, Body};
 
 /// `200 {}` with JSON headers, as distribution answers.
 pub fn get(is_head: bool) -> Response<Body> {

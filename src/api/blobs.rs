@@ -9,11 +9,12 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::{CacheStatus, RequestInfo};
+use super::RequestInfo;
+use crate::body::range::{decide, RangeDecision};
+use crate::body::{self, Body};
+use crate::cache_result::{CacheResult, Source as Served};
 use crate::error::{Error, Result};
 use crate::fill::{read_file, Source};
-use crate::http::body::{self, Body};
-use crate::http::range::{decide, RangeDecision};
 use crate::oci::{Digest, RepoName};
 use crate::state::AppState;
 use crate::upstream::{content_length, Upstream};
@@ -28,52 +29,49 @@ pub async fn get(
     repo: RepoName,
     digest: Digest,
 ) -> Result<Response<Body>> {
-    let lookup = |result: &str| {
-        state
-            .metrics
-            .cache_lookups
-            .with_label_values(&["blob", up.name(), result])
-            .inc()
-    };
+    let lookup = |result| state.metrics.record_lookup("blob", up.name(), result);
     if let Some(resp) = serve_committed(state, req, &digest).await? {
-        lookup("hit");
+        lookup(CacheResult::Hit);
         return Ok(resp);
     }
     if req.is_head {
-        lookup("miss");
+        lookup(CacheResult::Miss);
         let size = up
             .head_blob(&repo, &digest)
             .await
             .map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
-        return respond(&digest, size, req, "miss", |_, _| unreachable_reader());
+        return respond(&digest, size, req, CacheResult::Miss, |_, _| unreachable_reader());
     }
     let source = match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
         Ok(s) => s,
         // Cannot even create a temp file (disk full, read-only store): serve from upstream.
         Err(Error::Store(e)) => {
             tracing::warn!(digest = %digest, error = %e, "store unwritable: streaming from upstream");
-            lookup("passthrough");
+            lookup(CacheResult::Passthrough);
             return passthrough(&up, &repo, &digest, req).await;
         }
         Err(e) => return Err(e),
     };
     match source {
         Source::Committed => {
-            lookup("hit");
+            lookup(CacheResult::Hit);
             serve_committed(state, req, &digest)
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.to_string()))
         }
         Source::Fill { fill, joined } => {
-            let cache = if joined { "coalesced" } else { "miss" };
+            let cache = match joined {
+                true => CacheResult::Coalesced(Served::Upstream),
+                false => CacheResult::Miss,
+            };
             match fill.wait_started().await {
                 Ok(size) => {
                     lookup(cache);
                     respond(&digest, size, req, cache, |start, len| fill.read(start, len))
                 }
                 Err(e) if e.is_uncacheable() => {
-                    lookup("passthrough");
+                    lookup(CacheResult::Passthrough);
                     passthrough(&up, &repo, &digest, req).await
                 }
                 Err(e) => Err(e),
@@ -100,7 +98,7 @@ async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -
     };
     let file = Arc::new(file);
     let guard = state.blobs.read_guard(digest);
-    respond(digest, Some(size), req, "hit", |start, len| {
+    respond(digest, Some(size), req, CacheResult::Hit, |start, len| {
         read_file(file, start, len, None, Some(guard))
     })
     .map(Some)
@@ -151,7 +149,7 @@ async fn passthrough(up: &Upstream, repo: &RepoName, digest: &Digest, req: &Requ
         range: None,
         ..req.clone()
     };
-    respond(digest, size, &full, "passthrough", |_, _| rx)
+    respond(digest, size, &full, CacheResult::Passthrough, |_, _| rx)
 }
 
 /// HEAD never reads, so its reader is never called; an empty channel keeps the types simple.
@@ -165,7 +163,7 @@ fn respond(
     digest: &Digest,
     size: Option<u64>,
     req: &RequestInfo,
-    cache: &'static str,
+    cache: CacheResult,
     read: impl FnOnce(u64, Option<u64>) -> Chunks,
 ) -> Result<Response<Body>> {
     let (status, start, len) = match size {
@@ -204,6 +202,6 @@ fn respond(
             HeaderValue::from_str(&v).expect("digits are valid header text"),
         );
     }
-    resp.extensions_mut().insert(CacheStatus(cache));
+    resp.extensions_mut().insert(cache);
     Ok(resp)
 }

@@ -1,5 +1,7 @@
-//! Endpoint handlers, one file per family. They pick cache or upstream and build the success
-//! response; errors go back to `http/` which renders them through `error.rs`.
+//! Endpoint handlers, one file per family: thin layers over the services (`manifests`, `fill`,
+//! `store`, `upstream`) that build the success response and put the request's
+//! [`CacheResult`](crate::cache_result::CacheResult) in its extensions for the access log;
+//! errors go back to `http/`, which renders them through `error.rs`.
 
 pub mod base;
 pub mod blobs;
@@ -25,7 +27,3 @@ impl RequestInfo {
         self.accept.iter().filter_map(|v| v.to_str().ok())
     }
 }
-
-/// The cache outcome of a request, carried in response extensions for the access log.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheStatus(pub &'static str);

@@ -3,8 +3,8 @@
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
 use http::{HeaderValue, Response};
 
+use crate::body::{self, Body};
 use crate::error::{Error, Result};
-use crate::http::body::{self, Body};
 use crate::oci::RepoName;
 use crate::upstream::{read_capped, Upstream};
 

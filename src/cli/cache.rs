@@ -6,10 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use super::{human_bytes, CliError, ImageRef};
+use crate::cache_result::CacheResult;
 use crate::config::Config;
-use crate::oci::{Digest, Reference};
-use crate::store::{references, BlobStore, Entry, Pin, Pins, TagEntry, TagStore};
-use crate::upstream::MAX_MANIFEST_BYTES;
+use crate::oci::{self, Digest, Reference, MAX_MANIFEST_BYTES};
+use crate::store::{BlobStore, Entry, Pin, Pins, TagEntry, TagStore};
 
 struct Store {
     blobs: BlobStore,
@@ -106,7 +106,8 @@ fn hit_ratio(metrics: &str) -> Option<f64> {
     for line in metrics.lines().filter(|l| l.starts_with("berth_cache_lookups_total{")) {
         let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
         all += v;
-        if line.contains("result=\"hit\"") || line.contains("result=\"revalidated\"") {
+        let result = line.split("result=\"").nth(1).and_then(|r| r.split('"').next());
+        if result.is_some_and(CacheResult::is_hit_label) {
             hits += v;
         }
     }
@@ -115,20 +116,14 @@ fn hit_ratio(metrics: &str) -> Option<f64> {
 
 /// A manifest and everything it references that is in the store.
 fn reachable(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> HashSet<Digest> {
-    let mut seen = HashSet::new();
-    let mut todo = vec![root.clone()];
-    while let Some(d) = todo.pop() {
-        let Some(e) = index.get(&d) else { continue };
-        if !seen.insert(d.clone()) {
-            continue;
-        }
-        if e.size <= MAX_MANIFEST_BYTES as u64 {
-            if let Ok(Some(b)) = s.blobs.load_verified(&d, MAX_MANIFEST_BYTES as u64) {
-                todo.extend(references(&b));
-            }
-        }
-    }
-    seen
+    let load = |d: &Digest| {
+        let small = index.get(d).is_some_and(|e| e.size <= MAX_MANIFEST_BYTES as u64);
+        // An unreadable object is skipped: listing goes on.
+        let bytes = small.then(|| s.blobs.load_verified(d, MAX_MANIFEST_BYTES as u64).ok().flatten());
+        Ok::<_, std::convert::Infallible>(bytes.flatten())
+    };
+    let Ok(all) = oci::reachable([root.clone()], load);
+    all.into_iter().filter(|d| index.contains_key(d)).collect()
 }
 
 /// Total bytes of a manifest and everything it references that is in the store.

@@ -8,9 +8,8 @@ use std::time::SystemTime;
 
 use super::{human_bytes, CliError};
 use crate::config::Config;
-use crate::oci::Digest;
-use crate::store::{references, BlobStore, Pins, TagStore};
-use crate::upstream::MAX_MANIFEST_BYTES;
+use crate::oci::{reachable, Digest, MAX_MANIFEST_BYTES};
+use crate::store::{BlobStore, Pins, TagStore};
 
 /// Run a collection; with `dry_run` only report.
 pub fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
@@ -44,15 +43,11 @@ pub fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
             .map(|(d, _)| d.clone()),
     );
 
-    let mut keep: HashSet<Digest> = HashSet::new();
-    while let Some(d) = roots.pop() {
-        if !keep.insert(d.clone()) {
-            continue;
-        }
-        if let Ok(Some(b)) = blobs.load_verified(&d, MAX_MANIFEST_BYTES as u64) {
-            roots.extend(references(&b));
-        }
-    }
+    // An unreadable object is read as "references nothing": gc goes on.
+    let load = |d: &Digest| {
+        Ok::<_, std::convert::Infallible>(blobs.load_verified(d, MAX_MANIFEST_BYTES as u64).ok().flatten())
+    };
+    let Ok(keep): Result<HashSet<Digest>, _> = reachable(roots, load);
     let (mut n, mut bytes) = (0, 0);
     for (d, e) in entries.iter().filter(|(d, _)| !keep.contains(d)) {
         out += &format!("{verb} {d} ({})\n", human_bytes(e.size));

@@ -15,7 +15,6 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Fills, Progress, CHUNK};
-use crate::cache::reserve_space;
 use crate::error::Error;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::upstream::{content_length, Upstream};
@@ -107,7 +106,7 @@ async fn receive(
         }
         if resumes == 0 {
             if let Some(n) = total {
-                if !reserve_space(&fills.evictor, &fills.metrics, n).await? {
+                if !fills.evictor.reserve(n).await? {
                     return Err(Error::Uncacheable);
                 }
                 *reserved = Some(n);

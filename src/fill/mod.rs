@@ -22,7 +22,6 @@ use tokio_util::task::TaskTracker;
 
 pub use reader::{read_file, CHUNK};
 
-use crate::cache::reserve_space;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
@@ -125,10 +124,7 @@ impl Fills {
     pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Result<Source, Error> {
         let mut map = self.inflight.lock().expect("fill map lock is never poisoned");
         if let Some(fill) = map.get(digest) {
-            self.metrics
-                .coalesced
-                .with_label_values(&["blob", upstream.name()])
-                .inc();
+            self.metrics.record_coalesced("blob", upstream.name());
             return Ok(Source::Fill {
                 fill: fill.clone(),
                 joined: true,
@@ -216,16 +212,13 @@ impl Fills {
             Some(n) => self.store.index().release(n),
             // The size was unknown up front: get back under the budget now.
             None => {
-                let _ = reserve_space(&self.evictor, &self.metrics, 0).await;
+                let _ = self.evictor.reserve(0).await;
             }
         }
     }
 
     fn failed(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, reason: &str, error: &str) {
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[upstream.name(), reason])
-            .inc();
+        self.metrics.record_upstream_error(upstream.name(), reason);
         tracing::warn!(upstream = upstream.name(), repo = %repo, digest = %digest, error, "blob fill failed");
     }
 }

@@ -2,8 +2,6 @@
 //! into OCI responses, add the common headers, and write one access-log line (and the request
 //! metrics) when the response body finishes or is dropped.
 
-pub mod body;
-pub mod range;
 pub mod route;
 
 use std::convert::Infallible;
@@ -19,9 +17,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use self::body::Body;
 use self::route::{Query, Route};
-use crate::api::{self, CacheStatus, RequestInfo};
+use crate::api::{self, RequestInfo};
+use crate::body::{self, Body};
+use crate::cache_result::CacheResult;
 use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -97,7 +96,7 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
             resp.headers_mut().insert("oci-namespace", ns);
         }
     }
-    let cache = resp.extensions().get::<CacheStatus>().map_or("none", |c| c.0);
+    let cache = resp.extensions().get::<CacheResult>().copied();
     let log = AccessLog {
         metrics: state.metrics.clone(),
         method,
@@ -155,7 +154,7 @@ struct AccessLog {
     ns: Option<String>,
     status: StatusCode,
     kind: &'static str,
-    cache: &'static str,
+    cache: Option<CacheResult>,
     start: Instant,
     bytes: u64,
     complete: bool,
@@ -169,23 +168,14 @@ impl Drop for AccessLog {
             return;
         }
         let secs = self.start.elapsed().as_secs_f64();
-        m.http_requests
-            .with_label_values(&[self.kind, self.method.as_str(), self.status.as_str()])
-            .inc();
-        m.http_duration
-            .with_label_values(&[self.kind, self.cache])
-            .observe(secs);
-        let source = if self.cache == "hit" { "cache" } else { "upstream" };
-        m.served_bytes
-            .with_label_values(&[self.kind, source])
-            .inc_by(self.bytes);
+        m.record_request(self.kind, &self.method, self.status, self.cache, secs, self.bytes);
         tracing::info!(
             method = %self.method,
             path = %self.path,
             ns = self.ns.as_deref(),
             status = self.status.as_u16(),
             bytes = self.bytes,
-            cache = self.cache,
+            cache = self.cache.map_or("none", CacheResult::as_str),
             complete = self.complete,
             duration_ms = (secs * 1000.0) as u64,
             "request"

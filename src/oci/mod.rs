@@ -5,7 +5,9 @@
 mod digest;
 mod media;
 mod name;
+mod walk;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use media::{inspect_manifest, ManifestError, MediaType, MANIFEST_TYPES};
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use walk::{reachable, references, MAX_MANIFEST_BYTES};

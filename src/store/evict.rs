@@ -6,10 +6,11 @@
 //! a manifest removes the tag records pointing at it, so no tag points at missing bytes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{BlobStore, Error, Pins, TagEntry, TagStore};
-use crate::oci::Digest;
+use crate::metrics::Metrics;
+use crate::oci::{reachable, Digest, MAX_MANIFEST_BYTES};
 
 /// The configured budget.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,7 @@ pub struct Evictor {
     tags: TagStore,
     pins: Pins,
     limits: Limits,
+    metrics: Arc<Metrics>,
     // A std Mutex: a pass is blocking file work, always run off the async threads.
     pass: Mutex<()>,
 }
@@ -54,13 +56,14 @@ pub fn free_space(path: &std::path::Path) -> Option<u64> {
 
 impl Evictor {
     /// An evictor for the store at `store.root()`.
-    pub fn new(store: BlobStore, limits: Limits) -> Evictor {
+    pub fn new(store: BlobStore, limits: Limits, metrics: Arc<Metrics>) -> Evictor {
         let root = store.root().to_path_buf();
         Evictor {
             tags: TagStore::new(&root),
             pins: Pins::new(&root),
             store,
             limits,
+            metrics,
             pass: Mutex::new(()),
         }
     }
@@ -73,6 +76,40 @@ impl Evictor {
     /// The budget.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Make room for `n` incoming bytes (evicting if needed, off the async threads) and
+    /// reserve them; the caller releases the reservation with `store().index().release(n)`
+    /// once the bytes are committed or dropped. `Ok(false)`: the object cannot be stored (over
+    /// `max_size`, or the disk is too full even after eviction); nothing is reserved then.
+    /// `reserve(0)` just runs the budget check and refreshes the storage gauges.
+    pub async fn reserve(self: &Arc<Self>, n: u64) -> Result<bool, Error> {
+        if !self.fits(n) {
+            return Ok(false);
+        }
+        let ev = self.clone();
+        let blocking = move || Ok::<_, Error>((ev.make_room(n)?, free_space(ev.store.root())));
+        let (report, free) = tokio::task::spawn_blocking(blocking)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        if let Some(r) = report {
+            tracing::info!(
+                reason = r.reason,
+                objects = r.evicted.len(),
+                bytes = r.bytes,
+                tags = r.tags_removed.len(),
+                "evicted"
+            );
+            self.metrics.record_eviction(r.reason, r.evicted.len(), r.bytes);
+        }
+        let index = self.store.index();
+        self.metrics
+            .record_storage(index.used(), self.limits.max_size, free, index.objects());
+        if free.is_some_and(|f| f < n) {
+            index.release(n);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Whether an object of `n` bytes can be stored at all.
@@ -153,45 +190,10 @@ impl Evictor {
 
     /// Pinned manifests and everything they reference (config, layers, index children).
     fn protected(&self) -> Result<HashSet<Digest>, Error> {
-        let mut out = HashSet::new();
-        let mut todo = self.pins.digests()?;
-        while let Some(d) = todo.pop() {
-            if !out.insert(d.clone()) {
-                continue;
-            }
-            if let Some(bytes) = self
-                .store
-                .load_verified(&d, crate::upstream::MAX_MANIFEST_BYTES as u64)?
-            {
-                todo.extend(references(&bytes));
-            }
-        }
-        Ok(out)
+        reachable(self.pins.digests()?, |d| {
+            self.store.load_verified(d, MAX_MANIFEST_BYTES as u64)
+        })
     }
-}
-
-/// Digests a manifest or index refers to: `config`, `layers`, `manifests`, `blobs`, `subject`.
-pub fn references(manifest: &[u8]) -> Vec<Digest> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(manifest) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut push = |d: &serde_json::Value| {
-        if let Some(d) = d.get("digest").and_then(|x| x.as_str()).and_then(|s| s.parse().ok()) {
-            out.push(d);
-        }
-    };
-    for key in ["config", "subject"] {
-        if let Some(x) = v.get(key) {
-            push(x);
-        }
-    }
-    for key in ["layers", "manifests", "blobs"] {
-        for x in v.get(key).and_then(|l| l.as_array()).into_iter().flatten() {
-            push(x);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -216,7 +218,7 @@ mod tests {
             min_free_space: None,
             target_ratio: 0.5,
         };
-        let ev = Evictor::new(store.clone(), limits);
+        let ev = Evictor::new(store.clone(), limits, Arc::new(Metrics::new()));
         let layer = put(&store, &[1u8; 300]);
         let man_json = format!("{{\"schemaVersion\":2,\"config\":{{\"digest\":\"{layer}\"}},\"layers\":[]}}");
         let manifest = put(&store, man_json.as_bytes());
@@ -265,18 +267,5 @@ mod tests {
         assert!(ev.make_room(10).unwrap().is_none(), "under the cap: nothing to do");
         store.index().release(10);
         assert!(!ev.fits(1001) && ev.fits(1000));
-    }
-
-    #[test]
-    fn references_cover_manifests_and_indexes() {
-        let d1 = Digest::of(Algorithm::Sha256, b"1");
-        let d2 = Digest::of(Algorithm::Sha256, b"2");
-        let m = format!(
-            "{{\"config\":{{\"digest\":\"{d1}\"}},\"layers\":[{{\"digest\":\"{d2}\"}},{{\"digest\":\"bad\"}}]}}"
-        );
-        assert_eq!(references(m.as_bytes()), vec![d1.clone(), d2.clone()]);
-        let i = format!("{{\"manifests\":[{{\"digest\":\"{d1}\"}}]}}");
-        assert_eq!(references(i.as_bytes()), vec![d1]);
-        assert!(references(b"not json").is_empty());
     }
 }

@@ -15,7 +15,7 @@ mod pins;
 mod tags;
 
 pub use cas::{BlobStore, TempFile};
-pub use evict::{free_space, references, EvictReport, Evictor, Limits};
+pub use evict::{free_space, EvictReport, Evictor, Limits};
 pub use index::{Entry, ReadGuard, StoreIndex};
 pub use pins::{Pin, Pins};
 pub use tags::{TagEntry, TagRecord, TagStore};

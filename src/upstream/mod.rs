@@ -28,10 +28,7 @@ pub use set::{RouteError, UpstreamSet};
 
 use crate::config::{Secret, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName};
-
-/// Largest manifest accepted from upstream (distribution, containers/image: 4 MiB).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+use crate::oci::{Digest, RepoName, MAX_MANIFEST_BYTES};
 
 /// What went wrong talking to an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -217,9 +214,7 @@ impl Upstream {
         let digest = header_string(resp.headers(), "docker-content-digest");
         let bytes = read_capped(resp.into_body(), MAX_MANIFEST_BYTES).await?;
         self.metrics
-            .upstream_fetched_bytes
-            .with_label_values(&["manifest", &self.name])
-            .inc_by(bytes.len() as u64);
+            .record_fetched_bytes("manifest", &self.name, bytes.len() as u64);
         Ok(Some(FetchedManifest {
             bytes,
             content_type,
@@ -308,10 +303,7 @@ impl Upstream {
 
     /// Count bytes received for a blob fill.
     pub fn record_blob_bytes(&self, n: u64) {
-        self.metrics
-            .upstream_fetched_bytes
-            .with_label_values(&["blob", &self.name])
-            .inc_by(n);
+        self.metrics.record_fetched_bytes("blob", &self.name, n);
     }
 }
 

@@ -114,9 +114,7 @@ impl Upstream {
                 Err(_) => "error".to_string(),
             };
             self.metrics
-                .upstream_requests
-                .with_label_values(&[&self.name, kind.as_str(), method.as_str(), &code])
-                .inc();
+                .record_upstream_request(&self.name, kind.as_str(), method, &code);
             let retryable = match &resp {
                 Ok(r) if r.status().is_server_error() => {
                     self.count_error("status_5xx");
@@ -158,10 +156,7 @@ impl Upstream {
     }
 
     fn count_error(&self, reason: &str) {
-        self.metrics
-            .upstream_errors
-            .with_label_values(&[&self.name, reason])
-            .inc();
+        self.metrics.record_upstream_error(&self.name, reason);
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(), Error> {

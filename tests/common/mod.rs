@@ -429,7 +429,7 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
             }
         }
     });
-    let mut r = Response::new(berth::http::body::channel(rx, None));
+    let mut r = Response::new(berth::body::channel(rx, None));
     r.headers_mut().insert("content-length", len.into());
     if partial.is_some() {
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;

@@ -1,6 +1,10 @@
 //! The response body type and its constructors: whole buffers, nothing, and a channel-fed
-//! stream for file and fill readers. A stream that yields an `Err` makes hyper abort the
-//! response, so a client sees a broken transfer, never a clean end with wrong bytes.
+//! stream for file and fill readers; and (`range`) the `Range` header decision. A stream that
+//! yields an `Err` makes hyper abort the response, so a client sees a broken transfer, never a
+//! clean end with wrong bytes. A leaf: it imports nothing from the crate, so `api`, `error`
+//! and `http` may all use it.
+
+pub mod range;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -1,0 +1,265 @@
+//! The manifest service: everything about answering "which manifest is `repo:reference` on
+//! this upstream", independent of HTTP. By digest: immutable, a stored copy never contacts the
+//! upstream. By tag: a fresh record is served from the cache; a stale one is revalidated with
+//! one upstream HEAD (free on Docker Hub) and served stale within `stale_if_error` when the
+//! upstream fails; an upstream 404 is remembered for `negative_ttl`. Concurrent fetches of one
+//! digest and revalidations of one tag share one upstream exchange (flight keys). Every fetched
+//! manifest is verified (`verify.rs`) before it is stored, and a tag record moves only after the
+//! manifest it names is stored: two separate steps, [`Manifests::store_manifest`] then
+//! [`Manifests::move_tag`]. The api layer keeps only `Accept` negotiation and headers.
+
+mod cache;
+mod freshness;
+mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+pub use cache::ManifestCache;
+pub use freshness::{freshness, Freshness};
+pub use verify::verify;
+
+use crate::cache_result::CacheResult;
+use crate::coalesce::SingleFlight;
+use crate::error::{Error, Origin, Result};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, MediaType, Reference, RepoName, Tag, MANIFEST_TYPES};
+use crate::store::TagRecord;
+use crate::upstream::Upstream;
+
+/// A verified manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Its digest (computed by berth from `bytes`).
+    pub digest: Digest,
+    /// The type it is served as.
+    pub media_type: MediaType,
+    /// The exact bytes.
+    pub bytes: Bytes,
+}
+
+/// `(upstream, repository, tag)`: tags never mix across upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    /// Upstream name.
+    pub upstream: String,
+    /// Repository as sent upstream.
+    pub repo: RepoName,
+    /// Tag.
+    pub tag: Tag,
+}
+
+/// A manifest and how it was found.
+pub type Resolved = (Arc<Manifest>, CacheResult);
+
+/// What a coalesced manifest fetch is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FlightKey {
+    /// Resolving or revalidating a tag.
+    Tag(TagKey),
+    /// Fetching a manifest by digest from an upstream.
+    Digest(String, Digest),
+}
+
+/// The shared result of a coalesced manifest fetch.
+type FlightResult = std::result::Result<Resolved, Arc<Error>>;
+
+/// Every manifest type berth understands, as one `Accept` line for upstream requests.
+fn all_types() -> Vec<HeaderValue> {
+    vec![HeaderValue::from_str(&MANIFEST_TYPES.join(", ")).expect("media types are valid header text")]
+}
+
+/// The manifest service. Cheap to clone.
+#[derive(Clone)]
+pub struct Manifests {
+    cache: ManifestCache,
+    flights: SingleFlight<FlightKey, FlightResult>,
+    metrics: Arc<Metrics>,
+    stale_if_error: Duration,
+}
+
+impl Manifests {
+    /// A service over `cache`, serving stale tags within `stale_if_error` of their TTL.
+    pub fn new(cache: ManifestCache, metrics: Arc<Metrics>, stale_if_error: Duration) -> Manifests {
+        Manifests {
+            cache,
+            flights: SingleFlight::default(),
+            metrics,
+            stale_if_error,
+        }
+    }
+
+    /// The manifest `repo:reference` names on `up`, and how it was found (counted in
+    /// `berth_cache_lookups_total`).
+    pub async fn resolve(&self, up: &Arc<Upstream>, repo: &RepoName, reference: &Reference) -> Result<Resolved> {
+        let (m, result) = match reference {
+            Reference::Digest(d) => self.by_digest(up, repo, d).await?,
+            Reference::Tag(t) => self.by_tag(up, repo, t).await?,
+        };
+        self.metrics.record_lookup("manifest", up.name(), result);
+        Ok((m, result))
+    }
+
+    /// The client accepts none of the stored type: ask upstream with the client's own `Accept`
+    /// (not coalesced, not moving the tag), verify, and store what comes back by digest.
+    pub async fn fetch_accepting(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[HeaderValue],
+    ) -> Result<Arc<Manifest>> {
+        let fetched = up.fetch_manifest(repo, &reference.to_string(), accept).await;
+        let fetched = fetched.map_err(|e| Error::from_upstream(up.name(), repo, e))?;
+        let fetched = fetched.ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        let m = Arc::new(verify(up.name(), &reference.to_string(), fetched, None)?);
+        if !m
+            .media_type
+            .is_accepted_by(accept.iter().filter_map(|v| v.to_str().ok()))
+        {
+            return Err(Error::ManifestUnknown(format!(
+                "{reference}: no representation the client accepts"
+            )));
+        }
+        self.store_manifest(&m).await?;
+        Ok(m)
+    }
+
+    /// Step one of every fetch: persist a verified manifest (and keep it in memory).
+    pub async fn store_manifest(&self, m: &Arc<Manifest>) -> Result<()> {
+        Ok(self.cache.store(m.clone()).await?)
+    }
+
+    /// Step two of a tag fetch: point the tag at a stored manifest, confirmed at `checked_at`.
+    pub async fn move_tag(&self, key: &TagKey, m: &Manifest, checked_at: SystemTime) -> Result<()> {
+        let rec = TagRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            checked_at,
+        };
+        Ok(self.cache.set_tag(key, rec).await?)
+    }
+
+    async fn by_digest(&self, up: &Arc<Upstream>, repo: &RepoName, d: &Digest) -> Result<Resolved> {
+        if let Some(m) = self.cache.load(d).await? {
+            return Ok((m, CacheResult::Hit));
+        }
+        self.fetch_by_digest(up, repo, d).await
+    }
+
+    /// Fetch, verify and store a manifest by digest; concurrent calls share one upstream GET.
+    async fn fetch_by_digest(&self, up: &Arc<Upstream>, repo: &RepoName, d: &Digest) -> Result<Resolved> {
+        let key = FlightKey::Digest(up.name().to_string(), d.clone());
+        let (this, up2, repo2, d2) = (self.clone(), up.clone(), repo.clone(), d.clone());
+        let work = async move {
+            let fetched = up2.fetch_manifest(&repo2, &d2.to_string(), &all_types()).await;
+            let fetched = fetched.map_err(|e| Error::from_upstream(up2.name(), &repo2, e))?;
+            let fetched = fetched.ok_or_else(|| Error::ManifestUnknown(d2.to_string()))?;
+            let m = Arc::new(verify(up2.name(), &d2.to_string(), fetched, Some(&d2))?);
+            this.store_manifest(&m).await?;
+            Ok((m, CacheResult::Miss))
+        };
+        self.join(up, self.flights.run(key, flight(work)).await)
+    }
+
+    async fn by_tag(&self, up: &Arc<Upstream>, repo: &RepoName, tag: &Tag) -> Result<Resolved> {
+        let key = TagKey {
+            upstream: up.name().to_string(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+        };
+        let rec = self.cache.tag(&key).await?;
+        if let Some(r) = &rec {
+            let f = freshness(r.checked_at, SystemTime::now(), up.manifest_ttl(), self.stale_if_error);
+            if f == Freshness::Fresh {
+                if let Some(m) = self.cache.load(&r.digest).await? {
+                    return Ok((m, CacheResult::Hit));
+                }
+            }
+        } else if self.cache.is_known_missing(&key) {
+            self.metrics.record_lookup("manifest", up.name(), CacheResult::Negative);
+            return Err(Error::ManifestUnknown(format!("{repo}:{tag}")));
+        }
+        let work = self.clone().revalidate(up.clone(), key.clone(), rec);
+        self.join(up, self.flights.run(FlightKey::Tag(key), flight(work)).await)
+    }
+
+    /// Ask upstream about a tag: HEAD when berth has a record, GET otherwise (or when the HEAD
+    /// carried no digest). Serves the stale record when the upstream fails within
+    /// `stale_if_error`.
+    async fn revalidate(self, up: Arc<Upstream>, key: TagKey, rec: Option<TagRecord>) -> Result<Resolved> {
+        let now = SystemTime::now();
+        let stale = match &rec {
+            Some(r) if freshness(r.checked_at, now, up.manifest_ttl(), self.stale_if_error) != Freshness::Expired => {
+                self.cache.load(&r.digest).await?
+            }
+            _ => None,
+        };
+        let serve_stale = |e: Error| match &stale {
+            Some(m) if e.origin() == Origin::Upstream => {
+                tracing::warn!(upstream = up.name(), repo = %key.repo, reference = %key.tag, error = %e, "serving stale tag");
+                Ok((m.clone(), CacheResult::Stale))
+            }
+            _ => Err(e),
+        };
+        let upstream_err = |e| Error::from_upstream(up.name(), &key.repo, e);
+        if let Some(r) = &rec {
+            match up.head_manifest(&key.repo, key.tag.as_str(), &all_types()).await {
+                Ok(None) => return self.missing(&key).await,
+                Err(e) => return serve_stale(upstream_err(e)),
+                Ok(Some(head)) => {
+                    if let Some(d) = head.digest {
+                        let stored = match d == r.digest {
+                            true => self.cache.load(&d).await?,
+                            false => None,
+                        };
+                        let (m, result) = match stored {
+                            Some(m) => (m, CacheResult::Revalidated),
+                            None => (
+                                self.fetch_by_digest(&up, &key.repo, &d).await?.0,
+                                CacheResult::Refreshed,
+                            ),
+                        };
+                        self.move_tag(&key, &m, now).await?;
+                        return Ok((m, result));
+                    }
+                }
+            }
+        }
+        let fetched = match up.fetch_manifest(&key.repo, key.tag.as_str(), &all_types()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return self.missing(&key).await,
+            Err(e) => return serve_stale(upstream_err(e)),
+        };
+        let m = Arc::new(verify(up.name(), &format!("{}:{}", key.repo, key.tag), fetched, None)?);
+        self.store_manifest(&m).await?;
+        self.move_tag(&key, &m, now).await?;
+        Ok((m, CacheResult::Miss))
+    }
+
+    /// The upstream says the tag does not exist: drop the record, remember the 404.
+    async fn missing(&self, key: &TagKey) -> Result<Resolved> {
+        self.cache.tag_missing(key).await?;
+        Err(Error::ManifestUnknown(format!("{}:{}", key.repo, key.tag)))
+    }
+
+    /// Unpack a flight's result for one caller: joiners are counted and see `coalesced`.
+    fn join(&self, up: &Upstream, (res, joined): (Option<FlightResult>, bool)) -> Result<Resolved> {
+        if joined {
+            self.metrics.record_coalesced("manifest", up.name());
+        }
+        let res = res.ok_or_else(|| Error::Store(std::io::Error::other("manifest fetch task failed").into()))?;
+        let (m, result) = res.map_err(Error::Shared)?;
+        Ok((m, if joined { result.joined() } else { result }))
+    }
+}
+
+async fn flight<F>(work: F) -> FlightResult
+where
+    F: std::future::Future<Output = Result<Resolved>> + Send + 'static,
+{
+    work.await.map_err(Error::shared)
+}
