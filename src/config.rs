@@ -31,6 +31,80 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The closed set of upstream registries, keyed by a stable name (used in metrics and paths).
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// berth's own users and access rules. Unset: every client may pull everything (except
+    /// from upstreams with `client_credentials = "verify"`).
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
+    pub htpasswd: Option<PathBuf>,
+    /// File holding the token-signing key (at least 32 bytes). Unset: a random key per start,
+    /// so tokens do not survive a restart or work across replicas.
+    pub token_key_file: Option<PathBuf>,
+    /// Lifetime of the bearer tokens berth issues.
+    #[serde(default = "default_token_ttl", deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    /// The token endpoint URL put in challenges (`https://berth.example:5443/token`). Unset:
+    /// built from the request's `Host` and the listener's scheme.
+    pub realm: Option<String>,
+    /// Failed logins allowed per client address within `failed_login_window`; more get 429.
+    #[serde(default = "default_max_failed_logins")]
+    pub max_failed_logins: u32,
+    /// The window for `max_failed_logins`.
+    #[serde(default = "default_failed_login_window", deserialize_with = "duration")]
+    pub failed_login_window: Duration,
+    /// Who may pull what. None: anonymous only from upstreams without credentials, every
+    /// authenticated user from every upstream.
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_failed_logins() -> u32 {
+    10
+}
+
+fn default_failed_login_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[[auth.rules]]`: allows `users` to pull `repositories` from `upstreams`. A request is
+/// allowed when any rule matches it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// User names; `anonymous` is the unauthenticated client, `*` any authenticated user.
+    pub users: Vec<String>,
+    /// Upstream names; `*` or unset: all.
+    #[serde(default = "match_all")]
+    pub upstreams: Vec<String>,
+    /// Repository globs as sent upstream (`library/*`, `team/app`); `*` matches any text,
+    /// slashes included. Unset: all.
+    #[serde(default = "match_all")]
+    pub repositories: Vec<String>,
+}
+
+fn match_all() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `[upstreams.<name>] client_credentials`: whose rights decide access to this upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCredentials {
+    /// berth's own users and rules (or nothing, without `[auth]`).
+    #[default]
+    Ignore,
+    /// The client's own credentials for the upstream are checked against the upstream for the
+    /// repository's pull scope before anything is served.
+    Verify,
 }
 
 /// `[server]`
@@ -198,6 +272,17 @@ pub struct UpstreamConfig {
     /// How long an open circuit fails fast before one probe request is let through.
     #[serde(default = "default_circuit_cooldown", deserialize_with = "duration")]
     pub circuit_cooldown: Duration,
+    /// `"verify"`: serve this upstream's content only to clients whose own credentials the
+    /// upstream accepts for the repository (checked, then cached for `client_check_ttl`).
+    #[serde(default)]
+    pub client_credentials: ClientCredentials,
+    /// How long a successful (or refused) client-credential check is remembered.
+    #[serde(default = "default_client_check_ttl", deserialize_with = "duration")]
+    pub client_check_ttl: Duration,
+}
+
+fn default_client_check_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_retries() -> u32 {
@@ -243,6 +328,11 @@ impl UpstreamConfig {
             return Ok(Some(Secret(raw)));
         }
         Ok(None)
+    }
+
+    /// Whether berth pulls with credentials: its content is private.
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some()
     }
 
     /// This upstream's `manifest_ttl`, falling back to the global one.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::{self, Body};
@@ -59,6 +59,21 @@ pub enum Error {
     /// No such blob upstream.
     #[error("blob {0} is not known")]
     BlobUnknown(String),
+    /// The client must authenticate (or its token lacks the scope): 401 with this challenge.
+    #[error("authentication required")]
+    Unauthorized {
+        /// The `WWW-Authenticate` value.
+        challenge: HeaderValue,
+    },
+    /// The client is authenticated but not allowed this repository.
+    #[error("access to this repository is denied")]
+    Denied,
+    /// Too many failed logins from this address.
+    #[error("too many failed logins; try again later")]
+    LoginThrottled {
+        /// Seconds until logins are accepted again.
+        retry_after: u64,
+    },
     /// The upstream refused our credentials or anonymous access.
     #[error("{upstream} denied access to {repo}")]
     UpstreamDenied {
@@ -158,7 +173,9 @@ impl Error {
             Error::UnknownNamespace(_) | Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             Error::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            Error::UpstreamDenied { .. } => (StatusCode::FORBIDDEN, "DENIED"),
+            Error::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::UpstreamDenied { .. } | Error::Denied => (StatusCode::FORBIDDEN, "DENIED"),
+            Error::LoginThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::UpstreamThrottled { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::Upstream {
                 source: U::Timeout(_), ..
@@ -228,6 +245,12 @@ impl Error {
             } => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("10"));
             }
+            Error::Unauthorized { challenge } => {
+                h.insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+            Error::LoginThrottled { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
             Error::RangeNotSatisfiable { size } => {
                 let v = HeaderValue::from_str(&format!("bytes */{size}")).expect("digits are a valid header value");
                 h.insert(CONTENT_RANGE, v);
@@ -282,6 +305,15 @@ mod tests {
                 429,
                 "TOOMANYREQUESTS",
             ),
+            (
+                Error::Unauthorized {
+                    challenge: HeaderValue::from_static("Bearer realm=\"x\""),
+                },
+                401,
+                "UNAUTHORIZED",
+            ),
+            (Error::Denied, 403, "DENIED"),
+            (Error::LoginThrottled { retry_after: 5 }, 429, "TOOMANYREQUESTS"),
             (
                 Error::Upstream {
                     upstream: "u".into(),
@@ -352,5 +384,13 @@ mod tests {
         assert!(body.is_empty());
         let resp = Error::RangeNotSatisfiable { size: 20 }.to_response(false);
         assert_eq!(resp.headers()[CONTENT_RANGE], "bytes */20");
+        let resp = Error::LoginThrottled { retry_after: 30 }.to_response(false);
+        assert_eq!(resp.headers()[RETRY_AFTER], "30");
+        let challenge = HeaderValue::from_static("Bearer realm=\"http://b/token\",service=\"berth\"");
+        let resp = Error::Unauthorized {
+            challenge: challenge.clone(),
+        }
+        .to_response(false);
+        assert_eq!(resp.headers()[WWW_AUTHENTICATE], challenge);
     }
 }

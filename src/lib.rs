@@ -7,8 +7,9 @@
 //! config.rs       config.toml structs, env overrides, validate() (config/)
 //! server.rs       accept loop (conn limit, header timeout, graceful drain), /metrics listener
 //! http/           ProxyService + access log (mod), route parser
-//! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list
-//! auth/           client identity (TLS client certificate)
+//! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list, token
+//! auth/           client identity (TLS certificate, htpasswd, berth's tokens), access
+//!                 rules, client upstream rights: the one gate before store and upstream
 //! manifests/      the manifest service: freshness, revalidation, stale-if-error, flight
 //!                 keys, verification, tag moves, negative cache, memory over the store
 //! fill/           single-flight blob fills streamed to every reader from the temp file
@@ -29,6 +30,7 @@
 //! # Request flow
 //! accept -> hyper-util auto (HTTP/1.1, h2) -> `http::handle` -> `route::parse` (validates
 //! name, reference, digest) -> `UpstreamSet::resolve` (`?ns=`, path prefix, default) ->
+//! `Auth::authorize` (401/403 before any store or upstream access) ->
 //! `api::manifests::get` -> `Manifests::resolve` (tag record fresh? store : coalesced HEAD/GET
 //! upstream -> verify -> store -> move tag) or `api::blobs::get` (store hit :
 //! `Fills::start_or_join` -> stream the temp file as it grows) -> any `Err` becomes the OCI

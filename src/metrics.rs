@@ -49,6 +49,8 @@ pub struct Metrics {
     pub evictions: IntCounterVec,
     /// `berth_evicted_bytes_total{reason}`
     pub evicted_bytes: IntCounterVec,
+    /// `berth_auth_failures_total{reason}` (see [`AUTH_FAILURE_REASONS`])
+    pub auth_failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +58,18 @@ impl std::fmt::Debug for Metrics {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
+
+/// Every `reason` of `berth_auth_failures_total`: wrong user or password, a forged or expired
+/// token, a login refused by the failed-login limiter, no credentials where they are needed,
+/// an authenticated user the rules deny, client credentials the upstream refused.
+pub const AUTH_FAILURE_REASONS: [&str; 6] = [
+    "bad_credentials",
+    "bad_token",
+    "throttled",
+    "unauthenticated",
+    "denied",
+    "upstream_refused",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -182,6 +196,18 @@ impl Metrics {
             storage_objects: plain_gauge(&r, "berth_storage_objects", "Objects in the store"),
             evictions: counter(&r, "berth_evictions_total", "Objects evicted", &["reason"]),
             evicted_bytes: counter(&r, "berth_evicted_bytes_total", "Bytes evicted", &["reason"]),
+            auth_failures: {
+                let c = counter(
+                    &r,
+                    "berth_auth_failures_total",
+                    "Client authentication and authorization failures",
+                    &["reason"],
+                );
+                for reason in AUTH_FAILURE_REASONS {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             registry: r,
         }
     }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::body;
-use crate::http::ProxyService;
+use crate::http::{ConnInfo, ProxyService};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -56,7 +56,8 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+        let conn_info = ConnInfo { peer, is_tls: false };
+        let conn = builder.serve_connection(TokioIo::new(stream), service.for_connection(conn_info));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
@@ -21,6 +22,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The closed set of upstreams.
     pub upstreams: Arc<UpstreamSet>,
+    /// Client authentication and access rules.
+    pub auth: Arc<Auth>,
     /// Content-addressed store.
     pub blobs: BlobStore,
     /// Keeps the store inside its budget.
@@ -62,12 +65,14 @@ impl AppState {
         );
         let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error);
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
+        let auth = Arc::new(Auth::from_config(&config, metrics.clone())?);
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let fills = Fills::new(evictor.clone(), metrics.clone(), tasks.clone(), shutdown.clone());
         Ok(AppState {
             config,
             upstreams,
+            auth,
             blobs,
             evictor,
             manifests,

@@ -252,7 +252,7 @@ async fn tags_list_is_passed_through() {
     let r = get(&proxy.url("/v2/library/app/tags/list?n=10"), &[]).await;
     assert_eq!(
         r.status, 404,
-        "the fake has no tags endpoint: upstream 404 becomes NAME_UNKNOWN"
+        "the fake knows no library/app: upstream 404 becomes NAME_UNKNOWN"
     );
     assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
     assert_eq!(fake.hits("GET", "/v2/library/app/tags/list"), 1);

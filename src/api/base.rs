@@ -1,4 +1,4 @@
-//! `GET /v2/`: the API version check. berth itself asks no credentials of clients.
+//! `GET /v2/`: the API version check (after `auth` has let the client in).
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Response};

@@ -7,6 +7,7 @@ pub mod base;
 pub mod blobs;
 pub mod manifests;
 pub mod tags;
+pub mod token;
 
 use http::HeaderValue;
 

@@ -1,6 +1,7 @@
 //! `Identity`: the user an authenticated request comes from. The TLS acceptor puts one in
 //! every request's extensions when the connection presented a verified client certificate;
-//! access rules read it from there. Only the type lives here: no verification and no I/O.
+//! `auth` adds logins (htpasswd, berth's tokens). Only the type lives here: no verification
+//! and no I/O.
 
 use std::fmt;
 
@@ -18,6 +19,10 @@ pub enum AuthMethod {
     /// A client certificate verified against `[server.tls] client_ca_file`; the user is the
     /// certificate's subject common name.
     ClientCertificate,
+    /// A user and password from `[auth] htpasswd` (Basic).
+    Password,
+    /// A bearer token berth issued at `/token` after a password login.
+    Token,
 }
 
 impl Identity {

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Config, Problem, Severity};
+use super::{AuthConfig, Config, Problem, Severity};
+
+/// The shortest token-signing key accepted, in bytes.
+pub const MIN_TOKEN_KEY_BYTES: usize = 32;
 
 impl Config {
     /// Every problem in the config, errors and warnings, in a stable order.
@@ -96,6 +99,9 @@ impl Config {
                 err(format!("upstreams.{name}: timeouts must be greater than zero"));
             }
         }
+        if let Some(auth) = &self.auth {
+            self.validate_auth(auth, &mut err);
+        }
         if self.storage.path.as_os_str().is_empty() {
             err("storage.path is empty".into());
         }
@@ -113,5 +119,46 @@ impl Config {
             message: m,
         }));
         out
+    }
+
+    fn validate_auth(&self, auth: &AuthConfig, err: &mut impl FnMut(String)) {
+        if let Some(p) = &auth.htpasswd {
+            if let Err(e) = std::fs::metadata(p) {
+                err(format!("auth.htpasswd {}: {e}", p.display()));
+            }
+        }
+        if let Some(p) = &auth.token_key_file {
+            match std::fs::read(p) {
+                Ok(k) if k.trim_ascii().len() < MIN_TOKEN_KEY_BYTES => err(format!(
+                    "auth.token_key_file {}: at least {MIN_TOKEN_KEY_BYTES} bytes are needed",
+                    p.display()
+                )),
+                Ok(_) => {}
+                Err(e) => err(format!("auth.token_key_file {}: {e}", p.display())),
+            }
+        }
+        if let Some(realm) = &auth.realm {
+            let ok = realm
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+            if !ok {
+                err(format!("auth.realm {realm:?}: must be an http(s) URL"));
+            }
+        }
+        if auth.token_ttl.is_zero() || auth.failed_login_window.is_zero() {
+            err("auth: token_ttl and failed_login_window must be greater than zero".into());
+        }
+        for (i, rule) in auth.rules.iter().enumerate() {
+            if rule.users.is_empty() || rule.upstreams.is_empty() || rule.repositories.is_empty() {
+                err(format!(
+                    "auth.rules[{i}]: users, upstreams and repositories must not be empty"
+                ));
+            }
+            for up in rule.upstreams.iter().filter(|u| *u != "*") {
+                if !self.upstreams.contains_key(up) {
+                    err(format!("auth.rules[{i}]: no upstream named {up:?}"));
+                }
+            }
+        }
     }
 }

@@ -6,36 +6,62 @@ pub mod route;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, RANGE};
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, RANGE};
+use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use self::route::{Query, Route};
 use crate::api::{self, RequestInfo};
+use crate::auth::{Caller, Identity, Presented};
 use crate::body::{self, Body};
 use crate::cache_result::CacheResult;
 use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
+use crate::oci::RepoName;
 use crate::state::AppState;
 use crate::upstream::RouteError;
+
+/// What berth knows about a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (the scheme of the token realm).
+    pub is_tls: bool,
+}
 
 /// The registry API service; one clone per connection.
 #[derive(Clone)]
 pub struct ProxyService {
     state: AppState,
+    conn: ConnInfo,
 }
 
 impl ProxyService {
     /// A service over shared state.
     pub fn new(state: AppState) -> ProxyService {
-        ProxyService { state }
+        let conn = ConnInfo {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            is_tls: false,
+        };
+        ProxyService { state, conn }
+    }
+
+    /// The service for one accepted connection.
+    pub fn for_connection(&self, conn: ConnInfo) -> ProxyService {
+        ProxyService {
+            state: self.state.clone(),
+            conn,
+        }
     }
 }
 
@@ -45,13 +71,13 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
-        let state = self.state.clone();
-        Box::pin(async move { Ok(handle(state, req).await) })
+        let (state, conn) = (self.state.clone(), self.conn);
+        Box::pin(async move { Ok(handle(state, conn, req).await) })
     }
 }
 
 /// Answer one request; never fails (errors become OCI responses).
-pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
+pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -65,6 +91,13 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     };
+    let presented = Presented::from_headers(req.headers());
+    let caller = Caller {
+        addr: conn.peer.ip(),
+        origin: origin(&req, conn.is_tls),
+        ns: query.ns.clone(),
+        certificate: req.extensions().get::<Identity>().cloned(),
+    };
     drop(req);
     let route = route::parse(&method, &path);
     let kind = match &route {
@@ -72,11 +105,12 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
         Ok(Route::Blob(..)) => "blob",
         Ok(Route::Tags(..)) => "tag_list",
         Ok(Route::Live | Route::Ready) => "probe",
+        Ok(Route::Token) => "token",
         _ => "other",
     };
     state.metrics.http_inflight.inc();
     let result = match route {
-        Ok(r) => dispatch(&state, r, &query, &info).await,
+        Ok(r) => dispatch(&state, r, &query, &info, &presented, &caller).await,
         Err(e) => Err(e),
     };
     let mut resp = result.unwrap_or_else(|e| {
@@ -112,29 +146,62 @@ pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body> {
     resp.map(|b| LoggedBody { inner: b, log }.boxed_unsync())
 }
 
-async fn dispatch(state: &AppState, route: Route, query: &Query, info: &RequestInfo) -> Result<Response<Body>, Error> {
-    let resolve = |name| {
-        state.upstreams.resolve(query.ns.as_deref(), name).map_err(|e| match e {
-            RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
-        })
+async fn dispatch(
+    state: &AppState,
+    route: Route,
+    query: &Query,
+    info: &RequestInfo,
+    presented: &Presented,
+    caller: &Caller,
+) -> Result<Response<Body>, Error> {
+    // Resolve the upstream, then let `auth` decide before anything touches the store or it.
+    let resolve = |name: RepoName| async move {
+        let (up, repo) = state
+            .upstreams
+            .resolve(query.ns.as_deref(), name.clone())
+            .map_err(|e| match e {
+                RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
+            })?;
+        state.auth.authorize(presented, caller, &up, &repo, &name).await?;
+        Ok::<_, Error>((up, repo))
     };
     match route {
-        Route::Base => Ok(api::base::get(info.is_head)),
+        Route::Base => {
+            state.auth.check_base(presented, caller).await?;
+            Ok(api::base::get(info.is_head))
+        }
+        Route::Token => api::token::get(state, presented, caller, query).await,
         Route::Live => Ok(plain(StatusCode::OK, "ok")),
         Route::Ready if state.is_ready() => Ok(plain(StatusCode::OK, "ready")),
         Route::Ready => Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")),
         Route::Manifest(name, reference) => {
-            let (up, repo) = resolve(name)?;
+            let (up, repo) = resolve(name).await?;
             api::manifests::get(state, info, up, repo, reference).await
         }
         Route::Blob(name, digest) => {
-            let (up, repo) = resolve(name)?;
+            let (up, repo) = resolve(name).await?;
             api::blobs::get(state, info, up, repo, digest).await
         }
         Route::Tags(name) => {
-            let (up, repo) = resolve(name)?;
+            let (up, repo) = resolve(name).await?;
             api::tags::get(&up, &repo, &query.passthrough, info.is_head).await
         }
+    }
+}
+
+/// `scheme://authority` the client used (for the token realm); `localhost` if it sent none
+/// that parses.
+fn origin<B>(req: &Request<B>, is_tls: bool) -> String {
+    let scheme = if is_tls { "https" } else { "http" };
+    let authority = req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok())
+    });
+    match authority {
+        Some(a) if !a.as_str().contains('@') => format!("{scheme}://{a}"),
+        _ => format!("{scheme}://localhost"),
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Route {
     Live,
     /// `GET /readyz`
     Ready,
+    /// `GET /token`: berth's token endpoint (Docker token spec).
+    Token,
     /// `GET|HEAD /v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
     /// `GET|HEAD /v2/<name>/blobs/<digest>`
@@ -43,6 +45,8 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
     match path {
         "/livez" | "/healthz" => return only_get(method, Route::Live),
         "/readyz" => return only_get(method, Route::Ready),
+        // containerd tries an OAuth POST first and falls back to GET on 405.
+        "/token" => return only_get(method, Route::Token),
         _ => {}
     }
     let rest = match path.strip_prefix("/v2") {
@@ -137,6 +141,7 @@ mod tests {
             Ok(Route::Base) => Ok("base"),
             Ok(Route::Live) => Ok("live"),
             Ok(Route::Ready) => Ok("ready"),
+            Ok(Route::Token) => Ok("token"),
             Ok(Route::Manifest(_, Reference::Tag(_))) => Ok("manifest-tag"),
             Ok(Route::Manifest(_, Reference::Digest(_))) => Ok("manifest-digest"),
             Ok(Route::Blob(..)) => Ok("blob"),
@@ -154,6 +159,8 @@ mod tests {
             (M::GET, "/v2".into(), Ok("base")),
             (M::GET, "/livez".into(), Ok("live")),
             (M::GET, "/readyz".into(), Ok("ready")),
+            (M::GET, "/token".into(), Ok("token")),
+            (M::POST, "/token".into(), Err("UNSUPPORTED")),
             (M::GET, "/v2/library/alpine/manifests/3.20".into(), Ok("manifest-tag")),
             (
                 M::HEAD,

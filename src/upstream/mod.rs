@@ -6,6 +6,7 @@
 mod auth;
 mod breaker;
 mod client;
+mod client_check;
 mod request;
 mod set;
 
@@ -22,11 +23,11 @@ use hyper::body::Incoming;
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
 pub use breaker::{parse_retry_after, Admit, Breaker};
 pub use client::{is_public, HttpClient};
-use request::{check_status, encode_query, header_string};
-pub use request::{content_length, read_capped};
+use request::{check_status, header_string};
+pub use request::{content_length, encode_query, read_capped};
 pub use set::{RouteError, UpstreamSet};
 
-use crate::config::{Secret, UpstreamConfig};
+use crate::config::{ClientCredentials, Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName, MAX_MANIFEST_BYTES};
 
@@ -128,6 +129,8 @@ pub struct Upstream {
     manifest_ttl: Duration,
     retries: u32,
     breaker: Breaker,
+    client_credentials: ClientCredentials,
+    client_check_ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -163,6 +166,8 @@ impl Upstream {
             manifest_ttl,
             retries: cfg.retries,
             breaker: Breaker::new(cfg.circuit_failures, cfg.circuit_cooldown),
+            client_credentials: cfg.client_credentials,
+            client_check_ttl: cfg.client_check_ttl,
             metrics,
         })
     }
@@ -175,6 +180,21 @@ impl Upstream {
     /// Docker Hub adds `library/` to one-component names.
     pub fn is_docker_hub(&self) -> bool {
         self.is_docker_hub
+    }
+
+    /// berth pulls with credentials: what it fetches is private (DESIGN invariant 6).
+    pub fn is_private(&self) -> bool {
+        self.username.is_some()
+    }
+
+    /// Whether clients' own credentials are checked against this upstream.
+    pub fn verifies_clients(&self) -> bool {
+        self.client_credentials == ClientCredentials::Verify
+    }
+
+    /// How long a client-credential check is remembered.
+    pub fn client_check_ttl(&self) -> Duration {
+        self.client_check_ttl
     }
 
     /// How long a tag answer from this upstream is trusted.

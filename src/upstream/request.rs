@@ -6,6 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
@@ -20,7 +22,7 @@ use crate::oci::RepoName;
 const MAX_TOKEN_BYTES: usize = 1 << 20;
 
 impl Upstream {
-    fn url(&self, path_and_query: &str) -> Result<Uri, Error> {
+    pub(super) fn url(&self, path_and_query: &str) -> Result<Uri, Error> {
         let base = self.base.to_string();
         format!("{}{}", base.trim_end_matches('/'), path_and_query)
             .parse()
@@ -29,7 +31,7 @@ impl Upstream {
 
     fn basic_header(&self) -> Option<HeaderValue> {
         let (user, pass) = (self.username.as_ref()?, self.password.as_ref()?);
-        let raw = base64_encode(format!("{user}:{}", pass.0).as_bytes());
+        let raw = STANDARD.encode(format!("{user}:{}", pass.0));
         let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
         v.set_sensitive(true);
         Some(v)
@@ -87,7 +89,7 @@ impl Upstream {
 
     /// Send through the breaker: fail fast while it is open or while a 429 back-off runs;
     /// retry connect failures and 5xx (nothing of the body was read yet) with jittered backoff.
-    async fn send(
+    pub(super) async fn send(
         &self,
         kind: Kind,
         method: &Method,
@@ -160,6 +162,26 @@ impl Upstream {
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(), Error> {
+        let (token, expires_in) = self
+            .request_token(realm, service, scope, self.basic_header())
+            .await
+            .map_err(|e| match e {
+                Error::Denied(code) => Error::Token(format!("status {code}")),
+                e => e,
+            })?;
+        self.tokens.insert(scope, token, expires_in);
+        Ok(())
+    }
+
+    /// Ask the upstream's token service (a realm on its own domain) for a token for `scope`,
+    /// sending `auth` (Basic credentials, berth's or a client's). A 401/403 is `Denied`.
+    pub(super) async fn request_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        auth: Option<HeaderValue>,
+    ) -> Result<(Secret, Duration), Error> {
         let realm_uri: Uri = realm.parse().map_err(|_| Error::Realm("unparsable".into()))?;
         if !realm_allowed(&self.base, &realm_uri) {
             return Err(Error::Realm(realm_uri.host().unwrap_or("?").to_string()));
@@ -173,12 +195,14 @@ impl Upstream {
             .parse()
             .map_err(|_| Error::Realm("unparsable".into()))?;
         let mut headers = HeaderMap::new();
-        if let Some(b) = self.basic_header() {
+        if let Some(b) = auth {
             headers.insert(AUTHORIZATION, b);
         }
         let resp = self.send(Kind::Token, &Method::GET, &url, headers).await?;
-        if !resp.status().is_success() {
-            return Err(Error::Token(format!("status {}", resp.status().as_u16())));
+        match resp.status().as_u16() {
+            200..=299 => {}
+            code @ (401 | 403) => return Err(Error::Denied(code)),
+            code => return Err(Error::Token(format!("status {code}"))),
         }
         let body = read_capped(resp.into_body(), MAX_TOKEN_BYTES).await?;
         #[derive(serde::Deserialize)]
@@ -194,12 +218,7 @@ impl Upstream {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::Token("no token".into()))?;
         // Spec: expires_in defaults to 60 s.
-        self.tokens.insert(
-            scope,
-            Secret(token),
-            Duration::from_secs(t.expires_in.unwrap_or(60).max(1)),
-        );
-        Ok(())
+        Ok((Secret(token), Duration::from_secs(t.expires_in.unwrap_or(60).max(1))))
     }
 }
 
@@ -239,7 +258,8 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-pub(super) fn encode_query(s: &str) -> String {
+/// Percent-encode a query value (RFC 3986 unreserved characters pass).
+pub fn encode_query(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -248,42 +268,9 @@ pub(super) fn encode_query(s: &str) -> String {
         .collect()
 }
 
-fn base64_encode(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_credentials_are_base64_encoded() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("user:pass", "dXNlcjpwYXNz"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(base64_encode(input.as_bytes()), want, "{input:?}");
-        }
-    }
 
     #[test]
     fn query_values_are_percent_encoded() {

@@ -70,6 +70,8 @@ pub struct FakeState {
     pub alternatives: Mutex<HashMap<(String, String), (String, Bytes)>>,
     /// Require `Authorization: Basic <this>` (base64 of user:password) on /v2/ requests.
     pub basic: Mutex<Option<String>>,
+    /// Further Basic credentials accepted besides `basic` (other users of the upstream).
+    pub basic_also: Mutex<Vec<String>>,
     /// Bearer realm to advertise instead of our own /token.
     pub realm: Mutex<Option<String>>,
 }
@@ -273,7 +275,9 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         _ => {}
     }
     if let Some(basic) = st.basic.lock().unwrap().clone() {
-        let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
+        let sent = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let sent = sent.and_then(|s| s.strip_prefix("Basic "));
+        let ok = sent.is_some_and(|s| s == basic || st.basic_also.lock().unwrap().iter().any(|b| b == s));
         if !ok {
             let mut r = oci_error(401, "UNAUTHORIZED");
             r.headers_mut()
@@ -308,6 +312,21 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         return Response::new(full("{}"));
     }
     let rest = path.trim_start_matches("/v2/");
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let mut tags: Vec<String> = st
+            .manifests
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(r, t)| r == repo && !t.contains(':'))
+            .map(|(_, t)| t.clone())
+            .collect();
+        if tags.is_empty() {
+            return oci_error(404, "NAME_UNKNOWN");
+        }
+        tags.sort();
+        return Response::new(full(serde_json::json!({ "name": repo, "tags": tags }).to_string()));
+    }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         let found = st
             .manifests
