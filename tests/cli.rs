@@ -127,6 +127,8 @@ async fn cache_commands_list_pin_remove_and_collect() {
         .await;
     }
     get(&proxy.url(&format!("/v2/library/app/blobs/{orphan}")), &[]).await;
+    // The commit follows the last byte sent; the CLI reads the store directly.
+    proxy.wait_committed(3).await;
     let cfg = cli_config(&proxy, &fake.url());
     let p = cfg.path().to_path_buf();
     let run = move |args: &[&str]| berth(&p, args);
