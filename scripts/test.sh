@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages whose tools the tests run (tests/support fails loudly if one is missing).
-APT_PACKAGES=(docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl)
+APT_PACKAGES=(docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl openssl)
 # One command per package, to decide whether anything needs installing.
-REQUIRED_TOOLS=(docker-registry skopeo podman containerd nginx wrk umoci busybox jq curl)
+REQUIRED_TOOLS=(docker-registry skopeo podman containerd nginx wrk umoci busybox jq curl openssl)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

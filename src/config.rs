@@ -124,6 +124,8 @@ pub struct ServerConfig {
     /// Then wait at most this long for open requests to finish.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -134,8 +136,45 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::from_secs(0),
             drain_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
+}
+
+/// `[server.tls]`: HTTPS on the listener. The files are read again when their content
+/// changes (checked every `reload_interval`) and on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// PEM CA bundle for client certificates: set to require mutual TLS. The verified
+    /// certificate's subject common name becomes the request's user.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` refuses clients without a certificate; `optional`
+    /// lets them in as anonymous (a presented certificate must still verify).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// How often the files are checked for new content.
+    #[serde(default = "default_tls_reload_interval", deserialize_with = "duration")]
+    pub reload_interval: Duration,
+}
+
+/// Whether clients must present a certificate when `client_ca_file` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate, no connection.
+    #[default]
+    Required,
+    /// Clients without a certificate are anonymous.
+    Optional,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[metrics]`

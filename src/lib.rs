@@ -6,6 +6,7 @@
 //! lib.rs          run(): build state, start listeners, shut down in order
 //! config.rs       config.toml structs, env overrides, validate() (config/)
 //! server.rs       accept loop (conn limit, header timeout, graceful drain), /metrics listener
+//! tls/            HTTPS acceptor: rustls config from the files, reload on change and SIGHUP
 //! http/           ProxyService + access log (mod), route parser
 //! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list, token
 //! auth/           client identity (TLS certificate, htpasswd, berth's tokens), access
@@ -28,7 +29,8 @@
 //! (`docs/architecture.md` has the full map).
 //!
 //! # Request flow
-//! accept -> hyper-util auto (HTTP/1.1, h2) -> `http::handle` -> `route::parse` (validates
+//! accept -> optional TLS (the client certificate's user goes into the request's extensions)
+//! -> hyper-util auto (HTTP/1.1, h2) -> `http::handle` -> `route::parse` (validates
 //! name, reference, digest) -> `UpstreamSet::resolve` (`?ns=`, path prefix, default) ->
 //! `Auth::authorize` (401/403 before any store or upstream access) ->
 //! `api::manifests::get` -> `Manifests::resolve` (tag record fresh? store : coalesced HEAD/GET
@@ -55,6 +57,7 @@ pub mod oci;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::atomic::Ordering;
@@ -77,8 +80,18 @@ pub async fn run(
 ) -> Result<(), String> {
     let metrics = Arc::new(metrics::Metrics::new());
     let state = AppState::build(config.clone(), metrics.clone())?;
+    let tls = match &config.server.tls {
+        Some(cfg) => {
+            let acceptor = tls::Acceptor::load(cfg, config.server.header_timeout, metrics.clone())
+                .map_err(|e| format!("server.tls: {e}"))?;
+            let acceptor = Arc::new(acceptor);
+            state.tasks.spawn(acceptor.clone().watch(state.shutdown.clone()));
+            Some(acceptor)
+        }
+        None => None,
+    };
     let accept_stop = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, state.clone(), accept_stop.clone()));
+    let server = tokio::spawn(server::serve(listener, state.clone(), tls, accept_stop.clone()));
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
     state.tasks.spawn(storage_pass(state.clone()));

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub evicted_bytes: IntCounterVec,
     /// `berth_auth_failures_total{reason}` (see [`AUTH_FAILURE_REASONS`])
     pub auth_failures: IntCounterVec,
+    /// `berth_tls_reloads_total{result}` (result: ok|error)
+    pub tls_reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -208,6 +210,12 @@ impl Metrics {
                 }
                 c
             },
+            tls_reloads: counter(
+                &r,
+                "berth_tls_reloads_total",
+                "TLS certificate reloads by result",
+                &["result"],
+            ),
             registry: r,
         }
     }

@@ -1,6 +1,7 @@
-//! The accept loop: TCP -> hyper-util auto connection (HTTP/1.1 and h2) -> `ProxyService`,
-//! a connection limit taken before accept, header-read timeout, and graceful drain on
-//! shutdown. Also the small `/metrics` listener. No request logic here.
+//! The accept loop: TCP -> optional TLS (`tls::Acceptor`) -> hyper-util auto connection
+//! (HTTP/1.1 and h2) -> `ProxyService`, a connection limit taken before accept, header-read
+//! timeout, and graceful drain on shutdown. Also the small `/metrics` listener. No request
+//! logic here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +19,11 @@ use crate::body;
 use crate::http::{ConnInfo, ProxyService};
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::tls::{Acceptor, Stream};
 
-/// Serve the registry API on `listener` until `stop` is cancelled, then drain open
-/// connections for at most `drain_timeout`.
-pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
+/// Serve the registry API on `listener` (over TLS when `tls` is set) until `stop` is
+/// cancelled, then drain open connections for at most `drain_timeout`.
+pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Acceptor>>, stop: CancellationToken) {
     let cfg = state.config.server.clone();
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let graceful = GracefulShutdown::new();
@@ -56,11 +58,26 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, is_tls: false };
-        let conn = builder.serve_connection(TokioIo::new(stream), service.for_connection(conn_info));
-        let conn = graceful.watch(conn.into_owned());
+        let (watcher, tls, builder, service) = (graceful.watcher(), tls.clone(), builder.clone(), service.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The handshake runs here, not in the loop: a slow client must not stall accepting.
+            let (io, identity) = match tls {
+                None => (Stream::Plain(stream), None),
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            let conn_info = ConnInfo {
+                peer,
+                is_tls: matches!(io, Stream::Tls(_)),
+            };
+            let service = service.for_connection(conn_info).with_identity(identity);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -1,5 +1,6 @@
 //! `Config::validate`: every problem in a parsed config, errors and warnings, in a stable
-//! order. The only I/O is checking that secret and CA files are readable.
+//! order. The only I/O is checking that secret and CA files are readable and that the TLS
+//! certificate, key and client CA load.
 
 use std::collections::BTreeMap;
 
@@ -113,6 +114,14 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             err("server.max_connections must be at least 1".into());
+        }
+        if let Some(tls) = &self.server.tls {
+            if let Err(e) = crate::tls::load_server_config(tls) {
+                err(format!("server.tls: {e}"));
+            }
+            if tls.reload_interval.is_zero() {
+                err("server.tls.reload_interval must be greater than zero".into());
+            }
         }
         out.extend(warnings.into_iter().map(|m| Problem {
             severity: Severity::Warning,

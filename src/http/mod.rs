@@ -44,6 +44,9 @@ pub struct ConnInfo {
 pub struct ProxyService {
     state: AppState,
     conn: ConnInfo,
+    /// The user the connection authenticated as (a verified TLS client certificate); put in
+    /// every request's extensions.
+    identity: Option<Identity>,
 }
 
 impl ProxyService {
@@ -53,7 +56,11 @@ impl ProxyService {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             is_tls: false,
         };
-        ProxyService { state, conn }
+        ProxyService {
+            state,
+            conn,
+            identity: None,
+        }
     }
 
     /// The service for one accepted connection.
@@ -61,7 +68,13 @@ impl ProxyService {
         ProxyService {
             state: self.state.clone(),
             conn,
+            identity: None,
         }
+    }
+
+    /// This service for a connection that authenticated as `identity`.
+    pub fn with_identity(self, identity: Option<Identity>) -> ProxyService {
+        ProxyService { identity, ..self }
     }
 }
 
@@ -70,7 +83,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(identity) = &self.identity {
+            req.extensions_mut().insert(identity.clone());
+        }
         let (state, conn) = (self.state.clone(), self.conn);
         Box::pin(async move { Ok(handle(state, conn, req).await) })
     }
