@@ -190,7 +190,7 @@ async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
         }
         Command::Healthcheck { url } => {
             let url = url.unwrap_or_else(|| format!("{}/livez", cli::warm::default_server(config)));
-            cli::warm::fetch_text(&url)
+            cli::warm::fetch_text(config, &url)
                 .await
                 .map(|_| String::new())
                 .map_err(CliError::new)

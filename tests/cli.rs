@@ -263,3 +263,89 @@ async fn healthcheck_exits_zero_only_when_berth_answers() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[test]
+fn check_config_reports_unusable_tls_files_and_exits_78() {
+    let ca = tls::TestCa::new("berth test CA");
+    let (one, two) = (ca.issue_server("one"), ca.issue_server("two"));
+    let garbage = ca.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let missing = ca.dir.path().join("missing.pem");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let check = |tls: String| {
+        let text = format!(
+            "[storage]\npath = \"/tmp/x\"\n[upstreams.hub]\nurl = \"https://registry-1.docker.io\"\ndefault = true\n[server.tls]\n{tls}"
+        );
+        std::fs::write(f.path(), text).unwrap();
+        berth(f.path(), &["check-config"])
+    };
+    let files = |cert: &Path, key: &Path| format!("cert_file = {cert:?}\nkey_file = {key:?}\n");
+    let cases = [
+        (files(&missing, &one.key), "server.tls: cannot read cert_file"),
+        (files(&one.cert, &missing), "server.tls: cannot read key_file"),
+        (files(&garbage, &one.key), "server.tls: cert_file"),
+        (files(&one.cert, &garbage), "server.tls: key_file"),
+        (files(&one.cert, &two.key), "server.tls: cert_file and key_file"),
+        (
+            format!("{}client_ca_file = {missing:?}\n", files(&one.cert, &one.key)),
+            "server.tls: cannot read client_ca_file",
+        ),
+    ];
+    for (tls, want) in cases {
+        let out = check(tls.clone());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{tls}: {err}");
+        assert!(err.contains(want), "{tls}: want {want:?} in {err}");
+        assert!(!err.contains("PRIVATE KEY"), "no key material in errors: {err}");
+    }
+    let ok = check(format!(
+        "{}client_ca_file = {:?}\n",
+        files(&one.cert, &one.key),
+        ca.cert
+    ));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_trusts_berths_own_certificate_when_tls_is_on() {
+    let ca = tls::TestCa::new("berth test CA");
+    let server = ca.issue_server("server");
+    let fake = FakeRegistry::start().await;
+    let tls = format!(
+        "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        server.cert, server.key
+    );
+    let proxy = TestProxy::start(&fake.url(), &tls).await;
+    let cfg = cli_config(&proxy, &fake.url());
+    std::fs::write(
+        cfg.path(),
+        format!("{}{tls}", std::fs::read_to_string(cfg.path()).unwrap()),
+    )
+    .unwrap();
+    let p = cfg.path().to_path_buf();
+    let ok = tokio::task::spawn_blocking(move || berth(&p, &["healthcheck"]))
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // Another certificate for the same names, from the same CA, is not berth's own.
+    let other = ca.issue_server("other");
+    let pinned_elsewhere = format!(
+        "{}[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        std::fs::read_to_string(cfg.path())
+            .unwrap()
+            .split("[server.tls]")
+            .next()
+            .unwrap(),
+        other.cert,
+        other.key
+    );
+    std::fs::write(cfg.path(), pinned_elsewhere).unwrap();
+    let p = cfg.path().to_path_buf();
+    let bad = tokio::task::spawn_blocking(move || berth(&p, &["healthcheck"]))
+        .await
+        .unwrap();
+    assert!(
+        !bad.status.success(),
+        "a certificate that is not the configured one is refused"
+    );
+}

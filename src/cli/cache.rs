@@ -51,7 +51,7 @@ pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
         |reach: &HashSet<Digest>| reach.iter().filter_map(|d| index.get(d)).map(|e| e.size).sum::<u64>();
     let free = crate::store::free_space(&config.storage.path);
     let hit_ratio = match config.metrics.listen {
-        Some(addr) => super::warm::fetch_text(&format!("http://{}/metrics", loopback(addr)))
+        Some(addr) => super::warm::fetch_text(config, &format!("http://{}/metrics", loopback(addr)))
             .await
             .ok()
             .and_then(|t| hit_ratio(&t)),

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod gc;
+mod trust;
 pub mod warm;
 
 use std::fmt;

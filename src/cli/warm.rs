@@ -1,5 +1,5 @@
 //! `berth warm <ref>... [-f FILE] [--platform os/arch|all]`: pull images into the cache through
-//! a running berth over HTTP, exactly as a client would (manifest, index children, config and
+//! a running berth over HTTP(S), exactly as a client would (manifest, index children, config and
 //! layers), discarding the bytes. Progress goes to stderr.
 
 use std::io::{IsTerminal, Write};
@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,15 +21,21 @@ const EXIT_UNAVAILABLE: u8 = 69;
 /// EX_TEMPFAIL: some images failed; retry later.
 const EXIT_TEMPFAIL: u8 = 75;
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+/// A client for http:// and https:// URLs that trusts berth's own certificate (see `trust`).
+fn client(config: &Config) -> Result<HttpClient, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(super::trust::client_config(config)?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-/// GET a URL and return the body as text (for `cache stats`).
-pub async fn fetch_text(url: &str) -> Result<String, String> {
-    let (status, body) = get(&client(), url, true, &mut |_| {}).await?;
+/// GET a URL and return the body as text (for `cache stats` and `healthcheck`).
+pub async fn fetch_text(config: &Config, url: &str) -> Result<String, String> {
+    let (status, body) = get(&client(config)?, url, true, &mut |_| {}).await?;
     if status != StatusCode::OK {
         return Err(format!("{url}: status {status}"));
     }
@@ -62,7 +69,8 @@ async fn get(
     Ok((status, kept))
 }
 
-/// The server to warm through: `--server`, else `[server] listen` on loopback.
+/// The server to warm through: `--server`, else `[server] listen` on loopback (https when
+/// `[server.tls]` is set).
 pub fn default_server(config: &Config) -> String {
     let a = config.server.listen;
     let host = if a.ip().is_unspecified() {
@@ -71,12 +79,13 @@ pub fn default_server(config: &Config) -> String {
         a.ip().to_string()
     };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
-    format!("http://{host}:{}", a.port())
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", a.port())
 }
 
 /// Warm every reference; `platform` is `None` for all platforms of an index.
 pub async fn run(config: &Config, server: &str, refs: &[String], platform: Option<&str>) -> Result<String, CliError> {
-    let c = client();
+    let c = client(config).map_err(CliError::new)?;
     if let Err(e) = get(&c, &format!("{server}/v2/"), false, &mut |_| {}).await {
         return Err(CliError {
             code: EXIT_UNAVAILABLE,
