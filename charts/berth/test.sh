@@ -3,7 +3,8 @@
 #   helm lint (--strict) with the defaults and every ci/*-values.yaml,
 #   helm template for each, validated with kubernetes-validate --strict against the oldest
 #   supported and a recent Kubernetes, plus the chart's own consistency checks (selectors,
-#   ports, probes, security context, secrets mounted where config.toml expects them, ...),
+#   ports, probes, security context, secrets and TLS files mounted where config.toml expects
+#   them, ...),
 #   `berth check-config` on each rendered config.toml (when a berth binary is around),
 #   values that must be rejected, and NOTES.txt.
 # Tools missing from PATH are installed under $TOOLS_DIR (default /tmp/berth-chart-tools) from
@@ -193,9 +194,34 @@ if cfg:
         check(f"upstreams.{name}.password_file is a mounted Secret key", ok, pf)
         has_user = "username" in up or any(e["name"] == f"BERTH_UPSTREAMS__{name.upper()}__USERNAME" for e in c.get("env", []))
         check(f"upstreams.{name} has a username (config or env)", has_user)
+    # server.tls files: keys of Secret volumes mounted as directories (a subPath mount would
+    # never see a renewed certificate)
+    tls = cfg.get("server", {}).get("tls")
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        f = (tls or {}).get(key)
+        if not f:
+            continue
+        d, name = os.path.split(f)
+        m = mounts.get(d)
+        v = vols.get(m["name"]) if m else None
+        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        check(f"server.tls.{key} is a key of a Secret mounted as a directory", ok, f)
     # write a copy for `berth check-config`, with secrets redirected to stand-in files
     out = os.path.join(secrets_root, "config.toml")
     text2 = text.replace("/etc/berth/secrets/", secrets_root + "/secrets/")
+    if tls:
+        # a real self-signed certificate stands in for every TLS file (berth loads them)
+        import subprocess
+        standin = {k: tls[k].replace("/etc/berth/", secrets_root + "/") for k in ("cert_file", "key_file", "client_ca_file") if k in tls}
+        for p in standin.values():
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "1", "-subj", "/CN=stand-in", "-keyout", standin["key_file"], "-out", standin["cert_file"]],
+                       check=True, capture_output=True)
+        if "client_ca_file" in standin:
+            open(standin["client_ca_file"], "w").write(open(standin["cert_file"]).read())
+        for k, p in standin.items():
+            text2 = text2.replace(tls[k], p)
     for name, up in cfg.get("upstreams", {}).items():
         if up.get("password_file"):
             p = up["password_file"].replace("/etc/berth/secrets/", secrets_root + "/secrets/")
@@ -205,10 +231,20 @@ if cfg:
     envs = [e["name"] for e in c.get("env", []) if e["name"].startswith("BERTH_") and "valueFrom" in e]
     open(os.path.join(secrets_root, "env"), "w").write("\n".join(envs))
 
-probes = {k: c.get(k, {}).get("httpGet", {}) for k in ("startupProbe", "readinessProbe", "livenessProbe")}
-check("startup/readiness probes use /readyz, liveness /livez",
-      probes["readinessProbe"].get("path") == "/readyz" and probes["livenessProbe"].get("path") == "/livez"
-      and probes["startupProbe"].get("path") == "/readyz", str(probes))
+tls = (cfg or {}).get("server", {}).get("tls")
+cert_required = bool(tls and tls.get("client_ca_file") and tls.get("client_auth", "required") == "required")
+kinds = ("startupProbe", "readinessProbe", "livenessProbe")
+if cert_required:
+    # the kubelet has no client certificate
+    probes = {k: c.get(k, {}).get("tcpSocket", {}) for k in kinds}
+    check("client certificates required: probes are TCP checks", all(probes.values()) and not any("httpGet" in c.get(k, {}) for k in kinds), str(probes))
+else:
+    probes = {k: c.get(k, {}).get("httpGet", {}) for k in kinds}
+    check("startup/readiness probes use /readyz, liveness /livez",
+          probes["readinessProbe"].get("path") == "/readyz" and probes["livenessProbe"].get("path") == "/livez"
+          and probes["startupProbe"].get("path") == "/readyz", str(probes))
+    want = "HTTPS" if tls else "HTTP"
+    check(f"probes use {want}", all(p.get("scheme", "HTTP") == want for p in probes.values()), str(probes))
 check("probes target a declared port", all(p.get("port") in ports or p.get("port") in ports.values() for p in probes.values() if p))
 sc, psc = c.get("securityContext", {}), podspec.get("securityContext", {})
 check("container runs non-root, read-only root, no privilege escalation, drops ALL",
@@ -220,7 +256,12 @@ check("ServiceAccount token not mounted", podspec.get("automountServiceAccountTo
 
 # Services select the pods and point at declared ports; the helm test pod is never selected.
 tests = [d for d in of("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
-check("helm test pod present", len(tests) == 1)
+if cert_required:
+    check("no helm test pod when client certificates are required (it has none)", not tests)
+else:
+    check("helm test pod present", len(tests) == 1)
+    check("helm test pod speaks the listener's protocol",
+          all(("https://" in str(t) and " -k " in str(t)) == bool(tls) for t in tests))
 for svc in of("Service"):
     sel = svc["spec"].get("selector", {})
     n = svc["metadata"]["name"]
@@ -336,6 +377,8 @@ reject "an upstream URL with a path" "/config/upstreams/dockerhub/url" \
     --set config.upstreams.dockerhub.url=https://example.com/v2
 reject "a volume size that is not a Kubernetes quantity" "cannot read the size" --set persistence.size=50GB
 reject "storage.target_ratio out of range" "/config/storage/target_ratio': minimum" --set-json config.storage.target_ratio=0.05
+reject "TLS without a Secret" "tls.enabled needs tls.existingSecret" --set tls.enabled=true
+reject "an unknown client_auth" "/tls/clientCA/clientAuth" --set tls.clientCA.clientAuth=sometimes
 reject "existingClaim shared by 2 StatefulSet replicas" "existingClaim works with one replica" \
     --set persistence.existingClaim=c --set replicaCount=2
 

@@ -92,7 +92,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The config as rendered into config.toml: .Values.config plus, for each entry of
-upstreamCredentials, password_file (and username when given as a value).
+upstreamCredentials, password_file (and username when given as a value), and server.tls from
+.Values.tls (files under /etc/berth/tls and /etc/berth/tls-client-ca).
 */}}
 {{- define "berth.config" -}}
 {{- $cfg := deepCopy .Values.config }}
@@ -112,6 +113,19 @@ upstreamCredentials, password_file (and username when given as a value).
 {{- if $cred.username }}
 {{- $_ := set $up "username" $cred.username }}
 {{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- if not .Values.tls.existingSecret }}
+{{- fail "tls.enabled needs tls.existingSecret (a Secret with the certificate and key)" }}
+{{- end }}
+{{- $server := $cfg.server | default dict }}
+{{- $tls := dict "cert_file" (printf "/etc/berth/tls/%s" .Values.tls.certKey) "key_file" (printf "/etc/berth/tls/%s" .Values.tls.keyKey) }}
+{{- with .Values.tls.clientCA.existingSecret }}
+{{- $_ := set $tls "client_ca_file" (printf "/etc/berth/tls-client-ca/%s" $.Values.tls.clientCA.key) }}
+{{- $_ := set $tls "client_auth" $.Values.tls.clientCA.clientAuth }}
+{{- end }}
+{{- $_ := set $server "tls" $tls }}
+{{- $_ := set $cfg "server" $server }}
 {{- end }}
 {{- $storage := $cfg.storage | default dict }}
 {{- if and (not (hasKey $storage "max_size")) (gt (int .Values.persistence.maxSizePercent) 0) }}
@@ -192,4 +206,9 @@ storageClassName: {{ .Values.persistence.storageClass | quote }}
 {{- $mult := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
 {{- if not (hasKey $mult $unit) }}{{ fail (printf "cannot read the size %q (use Ki, Mi, Gi, Ti, k, M, G or T)" $q) }}{{ end }}
 {{- mul (int64 $m) (get $mult $unit) }}
+{{- end }}
+
+{{/* "true" when clients must present a certificate: probes and `helm test` cannot. */}}
+{{- define "berth.clientCertRequired" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientCA.existingSecret (eq .Values.tls.clientCA.clientAuth "required") }}true{{ end }}
 {{- end }}

@@ -61,10 +61,16 @@ spec:
           protocol: TCP
         {{- end }}
       {{- range $probe := list "startupProbe" "readinessProbe" "livenessProbe" }}
-      {{- $p := get $.Values $probe }}
-      {{- if $p.enabled }}
+      {{- $p := omit (get $.Values $probe) "enabled" }}
+      {{- if (get $.Values $probe).enabled }}
+      {{- if and $p.httpGet (include "berth.clientCertRequired" $) }}
+      {{- /* The kubelet has no client certificate: check that the port accepts connections. */}}
+      {{- $p = set (omit $p "httpGet") "tcpSocket" (dict "port" $p.httpGet.port) }}
+      {{- else if and $p.httpGet $.Values.tls.enabled }}
+      {{- $p = set (deepCopy $p) "httpGet" (set (deepCopy $p.httpGet) "scheme" "HTTPS") }}
+      {{- end }}
       {{ $probe }}:
-        {{- toYaml (omit $p "enabled") | nindent 8 }}
+        {{- toYaml $p | nindent 8 }}
       {{- end }}
       {{- end }}
       {{- with .Values.lifecycle }}
@@ -88,6 +94,17 @@ spec:
         - name: {{ printf "upstream-%s" $name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" }}
           mountPath: {{ include "berth.secretDir" $name }}
           readOnly: true
+        {{- end }}
+        {{- if .Values.tls.enabled }}
+        {{- /* A directory, not subPath: Secret updates reach berth, which reloads them. */}}
+        - name: tls
+          mountPath: /etc/berth/tls
+          readOnly: true
+        {{- if .Values.tls.clientCA.existingSecret }}
+        - name: tls-client-ca
+          mountPath: /etc/berth/tls-client-ca
+          readOnly: true
+        {{- end }}
         {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
@@ -125,6 +142,26 @@ spec:
         items:
           - key: {{ $cred.passwordKey | default "password" }}
             path: {{ $cred.passwordKey | default "password" }}
+    {{- end }}
+    {{- if .Values.tls.enabled }}
+    - name: tls
+      secret:
+        secretName: {{ .Values.tls.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.tls.certKey }}
+            path: {{ .Values.tls.certKey }}
+          - key: {{ .Values.tls.keyKey }}
+            path: {{ .Values.tls.keyKey }}
+    {{- with .Values.tls.clientCA.existingSecret }}
+    - name: tls-client-ca
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          - key: {{ $.Values.tls.clientCA.key }}
+            path: {{ $.Values.tls.clientCA.key }}
+    {{- end }}
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
