@@ -48,28 +48,10 @@ async fn skopeo_and_curl_pull_over_tls_when_they_trust_the_test_ca() {
     assert_eq!(pulled.manifest_digest, digest);
     assert_eq!(pulled.blobs.len(), 3, "config and two layers");
 
-    let curl = support::require_tool("curl");
     for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
-        let mut cmd = std::process::Command::new(&curl);
-        cmd.args([
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version}",
-            flag,
-            "--cacert",
-        ])
-        .arg(&ca.cert)
-        .arg(format!("https://{}/v2/library/app/manifests/v1", proxy.addr));
-        for var in support::cmd::PROXY_VARS {
-            cmd.env_remove(var);
-        }
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .unwrap()
-            .unwrap();
+        let cacert = ca.cert.to_str().unwrap();
+        let args = ["--fail", "-w", "%{http_version}", flag, "--cacert", cacert];
+        let out = curl(&args, format!("https://{}/v2/library/app/manifests/v1", proxy.addr)).await;
         assert!(
             out.status.success(),
             "curl {flag}: {}",
@@ -81,18 +63,22 @@ async fn skopeo_and_curl_pull_over_tls_when_they_trust_the_test_ca() {
             "curl {flag} got HTTP/{want}"
         );
     }
-    let mut cmd = std::process::Command::new(&curl);
-    cmd.args(["-sS", "-o", "/dev/null"])
-        .arg(format!("https://{}/v2/", proxy.addr));
-    for var in support::cmd::PROXY_VARS {
-        cmd.env_remove(var);
-    }
-    let untrusted = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let untrusted = curl(&[], format!("https://{}/v2/", proxy.addr)).await;
     assert!(
         !untrusted.status.success(),
         "curl without the test CA refuses berth's certificate"
     );
+}
+
+/// `curl -sS -o /dev/null ARGS URL` off the runtime, with proxy variables removed.
+async fn curl(args: &[&str], url: String) -> std::process::Output {
+    let mut cmd = std::process::Command::new(support::require_tool("curl"));
+    cmd.args(["-sS", "-o", "/dev/null"]).args(args).arg(url);
+    for var in support::cmd::PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
 }

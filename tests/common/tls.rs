@@ -38,6 +38,9 @@ impl Issued {
     }
 }
 
+/// `openssl req` arguments for a fresh unencrypted P-256 key.
+const NEW_EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -54,14 +57,8 @@ impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
+        let subject = format!("/CN={name}");
+        let rest = [
             "-keyout",
             key.to_str().unwrap(),
             "-out",
@@ -69,12 +66,13 @@ impl TestCa {
             "-days",
             "2",
             "-subj",
-            &format!("/CN={name}"),
+            &subject,
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+        ];
+        openssl(&[&["req", "-x509"][..], &NEW_EC_KEY, &rest].concat());
         TestCa { dir, cert, key }
     }
 
@@ -106,21 +104,9 @@ impl TestCa {
         )
         .unwrap();
         let s = |p: &Path| p.to_str().unwrap().to_string();
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&csr),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+        let (key_path, csr_path, subject) = (s(&key), s(&csr), format!("/CN={cn}"));
+        let rest = ["-keyout", &key_path, "-out", &csr_path, "-subj", &subject];
+        openssl(&[&["req", "-new"][..], &NEW_EC_KEY, &rest].concat());
         openssl(&[
             "x509",
             "-req",
