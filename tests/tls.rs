@@ -307,3 +307,43 @@ async fn old_certificate_stays_when_the_new_files_do_not_match() {
     volume.rotate(&second);
     wait_for_certificate(&proxy, &opts, &second).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_see_the_certificate_user_when_mtls_authenticates_the_client() {
+    let ca = TestCa::new("berth test CA");
+    let clients = TestCa::new("client CA");
+    let volume = SecretVolume::new(&ca.issue_server("server"));
+    let (runner, intruder) = (
+        clients.issue_client("runner", "ci-runner-7"),
+        clients.issue_client("intruder", "someone-else"),
+    );
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob(random_bytes(50_000));
+    let extra = format!(
+        "client_ca_file = {:?}\nclient_auth = \"optional\"\n[auth]\n[[auth.rules]]\nusers = [\"ci-runner-7\"]\n",
+        clients.cert
+    );
+    let proxy = proxy_with_tls(&fake, &volume, &extra).await;
+    let path = format!("/v2/library/app/blobs/{digest}");
+    let with = |identity| ClientOptions {
+        identity,
+        ..ClientOptions::new(&ca.cert)
+    };
+    let status = |r: Result<(u16, bytes::Bytes), String>| r.unwrap().0;
+    assert_eq!(
+        status(fetch(&proxy, &with(None), &path).await),
+        401,
+        "no certificate: anonymous"
+    );
+    assert_eq!(
+        status(fetch(&proxy, &with(Some(&intruder)), &path).await),
+        403,
+        "a verified user no rule names"
+    );
+    assert_eq!(fake.total_hits(), 0, "refused requests never reach the upstream");
+    assert_eq!(
+        status(fetch(&proxy, &with(Some(&runner)), &path).await),
+        200,
+        "the certificate's CN is the user the rule names"
+    );
+}
