@@ -1,6 +1,9 @@
-//! Request coalescing for manifests and tag revalidations: concurrent callers with the same key
-//! share one run of the work. The work runs in its own task, so the first caller going away
-//! does not cancel it for the others.
+//! Single-flight machinery shared by manifest fetches and blob fills. [`Inflight`] is the map
+//! of work in progress; whoever starts an entry gets a [`Leave`] guard that removes it on
+//! drop, so a finished, failed or panicking run never leaves a dead entry that later callers
+//! would join. [`SingleFlight`] runs a future once per key for every concurrent caller, in its
+//! own task (tracked, so shutdown waits for it), so the first caller going away does not
+//! cancel it for the others.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,41 +11,75 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
-type Map<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
+/// Work in progress by key. Cheap to clone.
+pub struct Inflight<K, V> {
+    // A std Mutex: held only for a lookup, insert or remove, never across an await and never
+    // around I/O.
+    map: Arc<Mutex<HashMap<K, V>>>,
+}
+
+impl<K, V> Clone for Inflight<K, V> {
+    fn clone(&self) -> Self {
+        Inflight { map: self.map.clone() }
+    }
+}
+
+impl<K, V> Default for Inflight<K, V> {
+    fn default() -> Self {
+        Inflight { map: Arc::default() }
+    }
+}
+
+/// Removes its key from the map when dropped: when the work ends, fails or panics.
+pub struct Leave<K: Hash + Eq, V> {
+    map: Arc<Mutex<HashMap<K, V>>>,
+    key: K,
+}
+
+impl<K: Hash + Eq, V> Drop for Leave<K, V> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.key);
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Inflight<K, V> {
+    /// The entry for `key`: `(value, None)` when joining one in progress; otherwise `start` is
+    /// called (under the lock: it must not block) and may decline (`None`) or give the value
+    /// to insert, returned with the guard that removes it.
+    pub fn join_or_start(&self, key: &K, start: impl FnOnce() -> Option<V>) -> Option<(V, Option<Leave<K, V>>)> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get(key) {
+            return Some((v.clone(), None));
+        }
+        let v = start()?;
+        map.insert(key.clone(), v.clone());
+        let leave = Leave {
+            map: self.map.clone(),
+            key: key.clone(),
+        };
+        Some((v, Some(leave)))
+    }
+
+    /// Whether nothing is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+}
 
 /// At most one run per key at a time. Cheap to clone.
 pub struct SingleFlight<K, V> {
-    // A std Mutex: held only for a lookup or insert, never across an await.
-    inflight: Map<K, V>,
+    inflight: Inflight<K, watch::Receiver<Option<V>>>,
+    tasks: TaskTracker,
 }
 
 impl<K, V> Clone for SingleFlight<K, V> {
     fn clone(&self) -> Self {
         SingleFlight {
             inflight: self.inflight.clone(),
-        }
-    }
-}
-
-impl<K, V> Default for SingleFlight<K, V> {
-    fn default() -> Self {
-        SingleFlight {
-            inflight: Arc::default(),
-        }
-    }
-}
-
-/// Removes the key when the work finishes or its task dies.
-struct Leave<K: Hash + Eq, V> {
-    map: Map<K, V>,
-    key: K,
-}
-
-impl<K: Hash + Eq, V> Drop for Leave<K, V> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            m.remove(&self.key);
+            tasks: self.tasks.clone(),
         }
     }
 }
@@ -52,32 +89,37 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    /// Runs spawned on `tasks`, so shutdown can wait for them.
+    pub fn new(tasks: TaskTracker) -> SingleFlight<K, V> {
+        SingleFlight {
+            inflight: Inflight::default(),
+            tasks,
+        }
+    }
+
     /// Run `work` for `key`, or wait for the run already in progress. Returns the value and
     /// whether this call joined another's run; `None` if the work's task panicked.
     pub async fn run<F>(&self, key: K, work: F) -> (Option<V>, bool)
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let (mut rx, joined) = {
-            let mut map = self.inflight.lock().expect("single-flight lock is never poisoned");
-            match map.get(&key) {
-                Some(rx) => (rx.clone(), true),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    map.insert(key.clone(), rx.clone());
-                    let leave = Leave {
-                        map: self.inflight.clone(),
-                        key,
-                    };
-                    tokio::spawn(async move {
-                        let v = work.await;
-                        drop(leave);
-                        let _ = tx.send(Some(v));
-                    });
-                    (rx, false)
-                }
-            }
-        };
+        let mut sender = None;
+        let (mut rx, leave) = self
+            .inflight
+            .join_or_start(&key, || {
+                let (tx, rx) = watch::channel(None);
+                sender = Some(tx);
+                Some(rx)
+            })
+            .expect("starting a flight never declines");
+        let joined = leave.is_none();
+        if let (Some(tx), Some(leave)) = (sender, leave) {
+            self.tasks.spawn(async move {
+                let v = work.await;
+                drop(leave);
+                let _ = tx.send(Some(v));
+            });
+        }
         loop {
             if let Some(v) = rx.borrow_and_update().clone() {
                 return (Some(v), joined);
@@ -96,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_run() {
-        let sf: SingleFlight<&'static str, usize> = SingleFlight::default();
+        let sf: SingleFlight<&'static str, usize> = SingleFlight::new(TaskTracker::new());
         let runs = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Notify::new());
         let mut handles = Vec::new();
@@ -111,7 +153,7 @@ mod tests {
                 .await
             }));
         }
-        while sf.inflight.lock().unwrap().is_empty() || runs.load(Ordering::SeqCst) == 0 {
+        while sf.inflight.is_empty() || runs.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
         for _ in 0..4 {
@@ -126,15 +168,28 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1, "one run for all callers");
         assert_eq!(joined, 15);
-        assert!(sf.inflight.lock().unwrap().is_empty(), "key removed after the run");
+        assert!(sf.inflight.is_empty(), "key removed after the run");
     }
 
     #[tokio::test]
     async fn a_panicking_run_releases_its_key() {
-        let sf: SingleFlight<u8, u8> = SingleFlight::default();
+        let sf: SingleFlight<u8, u8> = SingleFlight::new(TaskTracker::new());
         let (v, _) = sf.run(1, async { panic!("boom") }).await;
         assert_eq!(v, None);
         let (v, joined) = sf.run(1, async { 7 }).await;
         assert_eq!((v, joined), (Some(7), false), "a later call runs afresh");
+    }
+
+    #[test]
+    fn a_dropped_guard_removes_its_entry_and_a_declined_start_inserts_nothing() {
+        let map: Inflight<u8, u8> = Inflight::default();
+        assert!(map.join_or_start(&1, || None).is_none(), "declined");
+        assert!(map.is_empty());
+        let (v, leave) = map.join_or_start(&1, || Some(5)).unwrap();
+        assert_eq!((v, leave.is_some()), (5, true), "started");
+        let (v, joined) = map.join_or_start(&1, || Some(6)).unwrap();
+        assert_eq!((v, joined.is_none()), (5, true), "joined the running entry");
+        drop(leave);
+        assert!(map.is_empty(), "the guard removed it");
     }
 }

@@ -113,6 +113,13 @@ pub enum Error {
     /// blob handler then streams it straight from upstream.
     #[error("blob cannot be cached now")]
     Uncacheable,
+    /// berth is shutting down; the work was stopped.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A task doing shared work (a fill, a coalesced fetch) ended without a result: it
+    /// panicked or was cancelled.
+    #[error("{0} task ended without a result")]
+    TaskFailed(&'static str),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] store::Error),
@@ -184,7 +191,8 @@ impl Error {
                 source: U::CircuitOpen, ..
             } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Upstream { .. } | Error::BadContent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
-            Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Error::Store(_) | Error::TaskFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Uncacheable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Shared(e) => e.status_and_code(),
         }
@@ -194,7 +202,7 @@ impl Error {
     pub fn origin(&self) -> Origin {
         match self {
             Error::Shared(e) => e.origin(),
-            Error::Store(_) | Error::Uncacheable => Origin::Internal,
+            Error::Store(_) | Error::Uncacheable | Error::ShuttingDown | Error::TaskFailed(_) => Origin::Internal,
             Error::UpstreamDenied { .. }
             | Error::UpstreamThrottled { .. }
             | Error::Upstream { .. }
@@ -207,6 +215,7 @@ impl Error {
     fn public_message(&self) -> String {
         match self {
             Error::Store(_) => "internal storage error".to_string(),
+            Error::TaskFailed(_) => "internal error".to_string(),
             Error::Shared(e) => e.public_message(),
             other => other.to_string(),
         }

@@ -128,7 +128,7 @@ async fn storage_pass(state: AppState) {
             tracing::error!(error = %e, "storage pass failed");
         }
         let blobs = state.blobs.clone();
-        let writable = tokio::task::spawn_blocking(move || blobs.create_temp().map(drop)).await;
+        let writable = tokio::task::spawn_blocking(move || blobs.check_writable()).await;
         let writable = matches!(writable, Ok(Ok(())));
         if writable != state.store_writable.swap(writable, Ordering::Relaxed) {
             match writable {

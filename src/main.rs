@@ -158,11 +158,11 @@ fn main() -> ExitCode {
 async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
     match command {
         Command::Cache(CacheCommand::Stats { json }) => cli::cache::stats(config, json).await,
-        Command::Cache(CacheCommand::Ls { json }) => cli::cache::ls(config, json),
-        Command::Cache(CacheCommand::Rm { refs }) => cli::cache::rm(config, &refs),
-        Command::Cache(CacheCommand::Pin { reference }) => cli::cache::pin(config, &reference),
+        Command::Cache(CacheCommand::Ls { json }) => cli::cache::ls(config, json).await,
+        Command::Cache(CacheCommand::Rm { refs }) => cli::cache::rm(config, &refs).await,
+        Command::Cache(CacheCommand::Pin { reference }) => cli::cache::pin(config, &reference).await,
         Command::Cache(CacheCommand::Unpin { reference }) => cli::cache::unpin(config, &reference),
-        Command::Gc { dry_run } => cli::gc::run(config, dry_run),
+        Command::Gc { dry_run } => cli::gc::run(config, dry_run).await,
         Command::Warm {
             mut refs,
             file,

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
-use crate::store::{BlobStore, Evictor, Limits, TagStore};
+use crate::store::{BlobStore, ContentStore, Evictor, Limits};
 use crate::upstream::UpstreamSet;
 
 /// Shared handles for request handlers and background tasks.
@@ -24,7 +24,9 @@ pub struct AppState {
     pub upstreams: Arc<UpstreamSet>,
     /// Client authentication and access rules.
     pub auth: Arc<Auth>,
-    /// Content-addressed store.
+    /// Where verified content and tag records are read and committed (the storage seam).
+    pub store: Arc<dyn ContentStore>,
+    /// The local disk: the backend today, and the spool fills write to and readers tail.
     pub blobs: BlobStore,
     /// Keeps the store inside its budget.
     pub evictor: Arc<Evictor>,
@@ -38,7 +40,7 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// False while nothing at all can be written to the store (checked by the storage pass).
     pub store_writable: Arc<AtomicBool>,
-    /// Background tasks (fills) to wait for on shutdown.
+    /// Background tasks (fills, coalesced manifest fetches) to wait for on shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
@@ -56,23 +58,30 @@ impl AppState {
             target_ratio: st.target_ratio,
         };
         let evictor = Arc::new(Evictor::new(blobs.clone(), limits, metrics.clone()));
-        let tags = TagStore::new(&config.storage.path);
+        let store: Arc<dyn ContentStore> = Arc::new(blobs.clone());
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
         let cache = ManifestCache::new(
+            store.clone(),
             evictor.clone(),
-            tags,
             config.cache.memory_bytes,
             config.cache.negative_ttl,
         );
-        let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error);
+        let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error, tasks.clone());
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let auth = Arc::new(Auth::from_config(&config, metrics.clone())?);
-        let tasks = TaskTracker::new();
-        let shutdown = CancellationToken::new();
-        let fills = Fills::new(evictor.clone(), metrics.clone(), tasks.clone(), shutdown.clone());
+        let fills = Fills::new(
+            evictor.clone(),
+            store.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
         Ok(AppState {
             config,
             upstreams,
             auth,
+            store,
             blobs,
             evictor,
             manifests,

@@ -14,12 +14,12 @@ use crate::body::range::{decide, RangeDecision};
 use crate::body::{self, Body};
 use crate::cache_result::{CacheResult, Source as Served};
 use crate::error::{Error, Result};
-use crate::fill::{read_file, Source};
+use crate::fill::Source;
 use crate::oci::{Digest, RepoName};
 use crate::state::AppState;
 use crate::upstream::{content_length, Upstream};
 
-type Chunks = mpsc::Receiver<std::io::Result<bytes::Bytes>>;
+type Chunks = crate::store::ByteStream;
 
 /// Answer a blob request.
 pub async fn get(
@@ -43,17 +43,7 @@ pub async fn get(
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
         return respond(&digest, size, req, CacheResult::Miss, |_, _| unreachable_reader());
     }
-    let source = match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
-        Ok(s) => s,
-        // Cannot even create a temp file (disk full, read-only store): serve from upstream.
-        Err(Error::Store(e)) => {
-            tracing::warn!(digest = %digest, error = %e, "store unwritable: streaming from upstream");
-            lookup(CacheResult::Passthrough);
-            return passthrough(&up, &repo, &digest, req).await;
-        }
-        Err(e) => return Err(e),
-    };
-    match source {
+    match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
         Source::Committed => {
             lookup(CacheResult::Hit);
             serve_committed(state, req, &digest)
@@ -80,26 +70,20 @@ pub async fn get(
     }
 }
 
-/// Serve committed content. Content found on disk at start is hashed once before its first
-/// use; a file that does not match is removed and treated as a miss.
+/// Serve committed content (the store re-checks content found on disk at start before its
+/// first read; HEAD serves no bytes and needs no check).
 async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -> Result<Option<Response<Body>>> {
-    // HEAD serves no bytes, so it needs no check.
-    if !req.is_head && !state.blobs.index().is_verified(digest) && state.blobs.contains(digest) {
-        let (store, d) = (state.blobs.clone(), digest.clone());
-        let ok = tokio::task::spawn_blocking(move || store.verify(&d))
-            .await
-            .map_err(|e| Error::Store(std::io::Error::other(e.to_string()).into()))??;
-        if !ok {
+    if req.is_head {
+        let Some(size) = state.store.stat(digest).await? else {
             return Ok(None);
-        }
+        };
+        return respond(digest, Some(size), req, CacheResult::Hit, |_, _| unreachable_reader()).map(Some);
     }
-    let Some((file, size)) = state.blobs.open_blob(digest)? else {
+    let Some(blob) = state.store.open(digest).await? else {
         return Ok(None);
     };
-    let file = Arc::new(file);
-    let guard = state.blobs.read_guard(digest);
-    respond(digest, Some(size), req, CacheResult::Hit, |start, len| {
-        read_file(file, start, len, None, Some(guard))
+    respond(digest, Some(blob.size), req, CacheResult::Hit, |start, len| {
+        blob.read(start, len)
     })
     .map(Some)
 }

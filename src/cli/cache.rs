@@ -1,4 +1,5 @@
-//! `berth cache stats|ls|rm|pin|unpin`: read and edit the store directory.
+//! `berth cache stats|ls|rm|pin|unpin`: read and edit the store through the storage seam
+//! ([`ContentStore`]) and its pins; no directory walking here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,40 +10,41 @@ use super::{human_bytes, CliError, ImageRef};
 use crate::cache_result::CacheResult;
 use crate::config::Config;
 use crate::oci::{self, Digest, Reference, MAX_MANIFEST_BYTES};
-use crate::store::{BlobStore, Entry, Pin, Pins, TagEntry, TagStore};
+use crate::store::{BlobStore, ContentStore, ObjectInfo, Pin, Pins, TagEntry, TagKey};
 
 struct Store {
     blobs: BlobStore,
-    tags: TagStore,
     pins: Pins,
 }
 
 fn open(config: &Config) -> Result<Store, CliError> {
     let root = &config.storage.path;
-    if !root.join("blobs").is_dir() {
-        return Err(CliError::new(format!(
-            "{} is not a berth store (no blobs/)",
-            root.display()
-        )));
-    }
     Ok(Store {
         blobs: BlobStore::attach(root)?,
-        tags: TagStore::new(root),
         pins: Pins::new(root),
     })
+}
+
+/// Every committed object by digest.
+async fn objects(s: &Store) -> Result<HashMap<Digest, ObjectInfo>, CliError> {
+    Ok(s.blobs
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| (o.digest.clone(), o))
+        .collect())
 }
 
 /// `cache stats`: objects, bytes, limit, free space, tags and bytes per upstream, pins, and the hit
 /// ratio from the running server's metrics when `[metrics] listen` is set and answers.
 pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     let s = open(config)?;
-    let entries = s.blobs.index().entries();
-    let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
-    let index: HashMap<Digest, Entry> = entries.iter().cloned().collect();
+    let index = objects(&s).await?;
+    let bytes: u64 = index.values().map(|e| e.size).sum();
     // Per upstream: its tags, and the bytes of everything they reach (each object once per
     // upstream; layers shared between upstreams count for each).
     let mut by_upstream: BTreeMap<String, (usize, HashSet<Digest>)> = BTreeMap::new();
-    for t in s.tags.all()? {
+    for t in s.blobs.list_tags().await? {
         let (tags, reach) = by_upstream.entry(t.upstream).or_default();
         *tags += 1;
         reach.extend(reachable(&s, &index, &t.record.digest));
@@ -60,7 +62,7 @@ pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     let pins = s.pins.load()?.len();
     if as_json {
         let v = json!({
-            "objects": entries.len(), "bytes": bytes, "max_size": config.storage.max_size,
+            "objects": index.len(), "bytes": bytes, "max_size": config.storage.max_size,
             "filesystem_free_bytes": free, "pins": pins, "hit_ratio": hit_ratio,
             "upstreams": by_upstream.iter().map(|(u, (tags, reach))| (u.clone(), json!({"tags": tags, "bytes": upstream_bytes(reach)}))).collect::<serde_json::Map<_, _>>(),
         });
@@ -68,7 +70,7 @@ pub async fn stats(config: &Config, as_json: bool) -> Result<String, CliError> {
     }
     let mut out = format!(
         "objects      {}\nbytes        {} ({bytes})\n",
-        entries.len(),
+        index.len(),
         human_bytes(bytes)
     );
     out += &format!(
@@ -115,7 +117,7 @@ fn hit_ratio(metrics: &str) -> Option<f64> {
 }
 
 /// A manifest and everything it references that is in the store.
-fn reachable(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> HashSet<Digest> {
+fn reachable(s: &Store, index: &HashMap<Digest, ObjectInfo>, root: &Digest) -> HashSet<Digest> {
     let load = |d: &Digest| {
         let small = index.get(d).is_some_and(|e| e.size <= MAX_MANIFEST_BYTES as u64);
         // An unreadable object is skipped: listing goes on.
@@ -127,7 +129,7 @@ fn reachable(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> HashSe
 }
 
 /// Total bytes of a manifest and everything it references that is in the store.
-fn image_size(s: &Store, index: &HashMap<Digest, Entry>, root: &Digest) -> u64 {
+fn image_size(s: &Store, index: &HashMap<Digest, ObjectInfo>, root: &Digest) -> u64 {
     reachable(s, index, root)
         .iter()
         .filter_map(|d| index.get(d))
@@ -140,13 +142,14 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// `cache ls`: every cached tag with its digest, size on disk, last use and last check.
-pub fn ls(config: &Config, as_json: bool) -> Result<String, CliError> {
+pub async fn ls(config: &Config, as_json: bool) -> Result<String, CliError> {
     let s = open(config)?;
-    let index: HashMap<Digest, Entry> = s.blobs.index().entries().into_iter().collect();
+    let index = objects(&s).await?;
     let pinned: Vec<String> = s.pins.load()?.into_iter().map(|p| p.digest).collect();
     let rows: Vec<serde_json::Value> = s
-        .tags
-        .all()?
+        .blobs
+        .list_tags()
+        .await?
         .into_iter()
         .map(|t: TagEntry| {
             let d = &t.record.digest;
@@ -183,22 +186,21 @@ pub fn ls(config: &Config, as_json: bool) -> Result<String, CliError> {
 }
 
 /// The manifest digest a reference names in this store: the digest itself, or the tag's record.
-fn resolve(config: &Config, s: &Store, r: &ImageRef) -> Result<(Digest, Option<TagEntry>), CliError> {
+async fn resolve(config: &Config, s: &Store, r: &ImageRef) -> Result<(Digest, Option<TagKey>), CliError> {
     match &r.reference {
         Reference::Digest(d) => Ok((d.clone(), None)),
         Reference::Tag(tag) => {
-            let upstream = r.upstream(config)?;
-            let rec = s
-                .tags
-                .load(upstream, &r.repo, tag)?
-                .ok_or_else(|| CliError::new(format!("{r} is not cached")))?;
-            let entry = TagEntry {
-                upstream: upstream.to_string(),
+            let key = TagKey {
+                upstream: r.upstream(config)?.to_string(),
                 repo: r.repo.clone(),
                 tag: tag.clone(),
-                record: rec,
             };
-            Ok((entry.record.digest.clone(), Some(entry)))
+            let rec = s
+                .blobs
+                .load_tag(&key)
+                .await?
+                .ok_or_else(|| CliError::new(format!("{r} is not cached")))?;
+            Ok((rec.digest, Some(key)))
         }
     }
 }
@@ -206,42 +208,44 @@ fn resolve(config: &Config, s: &Store, r: &ImageRef) -> Result<(Digest, Option<T
 /// `cache rm <ref>...`: a tag drops its record and its manifest; a digest (`repo@sha256:…` or
 /// a bare `sha256:…`) drops that object and every tag pointing at it. Shared layers are left
 /// for `gc` and eviction. A running server notices within 10 s.
-pub fn rm(config: &Config, refs: &[String]) -> Result<String, CliError> {
+pub async fn rm(config: &Config, refs: &[String]) -> Result<String, CliError> {
     let s = open(config)?;
     let mut out = String::new();
     for raw in refs {
         let (digest, tag) = match raw.parse::<Digest>() {
             Ok(d) => (d, None),
-            Err(_) => resolve(config, &s, &ImageRef::parse(raw)?)?,
+            Err(_) => resolve(config, &s, &ImageRef::parse(raw)?).await?,
         };
-        let mut tags = match tag {
+        let tags: Vec<TagKey> = match tag {
             Some(t) => vec![t],
             None => s
-                .tags
-                .all()?
-                .into_iter()
+                .blobs
+                .list_tags()
+                .await?
+                .iter()
                 .filter(|t| t.record.digest == digest)
+                .map(TagEntry::key)
                 .collect(),
         };
-        if tags.is_empty() && !s.blobs.contains(&digest) {
+        if tags.is_empty() && s.blobs.stat(&digest).await?.is_none() {
             return Err(CliError::new(format!("{raw} is not cached")));
         }
-        for t in tags.drain(..) {
-            s.tags.remove(&t.upstream, &t.repo, &t.tag)?;
+        for t in &tags {
+            s.blobs.remove_tag(t).await?;
             out += &format!("removed tag {}/{}:{}\n", t.upstream, t.repo, t.tag);
         }
-        s.blobs.remove(&digest)?;
+        s.blobs.delete(&digest).await?;
         out += &format!("removed {digest}\n");
     }
     Ok(out)
 }
 
 /// `cache pin <ref>`: exempt the image (and everything it references) from eviction.
-pub fn pin(config: &Config, raw: &str) -> Result<String, CliError> {
+pub async fn pin(config: &Config, raw: &str) -> Result<String, CliError> {
     let s = open(config)?;
     let r = ImageRef::parse(raw)?;
-    let (digest, _) = resolve(config, &s, &r)?;
-    if !s.blobs.contains(&digest) {
+    let (digest, _) = resolve(config, &s, &r).await?;
+    if s.blobs.stat(&digest).await?.is_none() {
         return Err(CliError::new(format!(
             "{raw}: {digest} is not cached; `berth warm` it first"
         )));

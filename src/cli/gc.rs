@@ -9,28 +9,27 @@ use std::time::SystemTime;
 use super::{human_bytes, CliError};
 use crate::config::Config;
 use crate::oci::{reachable, Digest, MAX_MANIFEST_BYTES};
-use crate::store::{BlobStore, Pins, TagStore};
+use crate::store::{BlobStore, ContentStore, Pins};
 
 /// Run a collection; with `dry_run` only report.
-pub fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
+pub async fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
     let root = &config.storage.path;
     let blobs = BlobStore::attach(root)?;
-    let tags = TagStore::new(root);
     let now = SystemTime::now();
     let window = config.cache.manifest_ttl + config.cache.stale_if_error;
     let recent = |t: SystemTime| now.duration_since(t).unwrap_or_default() < window;
-    let entries = blobs.index().entries();
+    let entries = blobs.list().await?;
     let mut out = String::new();
     let verb = if dry_run { "would remove" } else { "removed" };
 
     let mut roots: Vec<Digest> = Pins::new(root).digests()?;
-    for t in tags.all()? {
-        let gone = !blobs.contains(&t.record.digest);
+    for t in blobs.list_tags().await? {
+        let gone = blobs.stat(&t.record.digest).await?.is_none();
         if gone || !recent(t.record.checked_at) {
             let why = if gone { "manifest missing" } else { "expired" };
             out += &format!("{verb} tag {}/{}:{} ({why})\n", t.upstream, t.repo, t.tag);
             if !dry_run {
-                tags.remove(&t.upstream, &t.repo, &t.tag)?;
+                blobs.remove_tag(&t.key()).await?;
             }
         } else {
             roots.push(t.record.digest);
@@ -39,8 +38,8 @@ pub fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
     roots.extend(
         entries
             .iter()
-            .filter(|(_, e)| recent(e.last_access))
-            .map(|(d, _)| d.clone()),
+            .filter(|o| recent(o.last_access))
+            .map(|o| o.digest.clone()),
     );
 
     // An unreadable object is read as "references nothing": gc goes on.
@@ -49,13 +48,13 @@ pub fn run(config: &Config, dry_run: bool) -> Result<String, CliError> {
     };
     let Ok(keep): Result<HashSet<Digest>, _> = reachable(roots, load);
     let (mut n, mut bytes) = (0, 0);
-    for (d, e) in entries.iter().filter(|(d, _)| !keep.contains(d)) {
-        out += &format!("{verb} {d} ({})\n", human_bytes(e.size));
+    for o in entries.iter().filter(|o| !keep.contains(&o.digest)) {
+        out += &format!("{verb} {} ({})\n", o.digest, human_bytes(o.size));
         if !dry_run {
-            blobs.remove(d)?;
+            blobs.delete(&o.digest).await?;
         }
         n += 1;
-        bytes += e.size;
+        bytes += o.size;
     }
     out += &format!("{verb} {n} objects, {}\n", human_bytes(bytes));
     Ok(out)

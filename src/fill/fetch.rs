@@ -1,11 +1,8 @@
-//! The upstream side of a fill: GET the blob (resuming with `Range` after a mid-body failure),
-//! hand each received frame to a writer thread that writes it into the temp file and hashes
-//! it, so receiving, hashing and writing overlap, and check the digest at the end.
+//! The upstream side of a fill: create the spool, GET the blob (resuming with `Range` after a
+//! mid-body failure), hand each received frame to a writer thread that writes it into the
+//! spool (which hashes it), so receiving, hashing and writing overlap, and verify the spool at
+//! the end.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +11,10 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{Fills, Progress, CHUNK};
+use super::{Fill, Fills, Progress};
 use crate::error::Error;
-use crate::oci::{Digest, Hasher, RepoName};
+use crate::oci::{Digest, RepoName};
+use crate::store::{Spool, VerifiedSpool, CHUNK};
 use crate::upstream::{content_length, Upstream};
 
 /// Resumed upstream requests per fill after a mid-body failure.
@@ -32,44 +30,48 @@ enum WriteOp {
     Restart,
 }
 
-/// Fetch the whole blob into `file` and verify it; returns its size. Room for the blob is
-/// reserved (evicting if needed) before the first byte is written; the reservation is left in
-/// `reserved` for the caller to release.
+/// Fetch the whole blob into a new spool and verify it. Room for the blob is reserved
+/// (evicting if needed) before the first byte is written; the reservation is left in
+/// `reserved` for the caller to release. A spool that cannot be created (disk full, read-only
+/// store) makes the blob uncacheable: the caller streams it from upstream instead.
 pub(super) async fn fetch(
     fills: &Fills,
     upstream: &Upstream,
     repo: &RepoName,
     digest: &Digest,
-    file: &Arc<File>,
+    fill: &Fill,
     tx: &watch::Sender<Progress>,
     reserved: &mut Option<u64>,
-) -> Result<u64, Error> {
+) -> Result<VerifiedSpool, Error> {
+    let (disk, d) = (fills.disk.clone(), digest.clone());
+    let spool = match tokio::task::spawn_blocking(move || disk.spool(&d)).await {
+        Ok(Ok(spool)) => spool,
+        Ok(Err(e)) => {
+            tracing::warn!(digest = %digest, error = %e, "store unwritable: streaming from upstream");
+            return Err(Error::Uncacheable);
+        }
+        Err(_) => return Err(Error::TaskFailed("spool creation")),
+    };
+    // Set before any progress is published, so every reader finds it.
+    let _ = fill.file.set(spool.file().clone());
     let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
     let writer = {
-        let (file, tx, hasher) = (file.clone(), tx.clone(), digest.hasher());
-        let alg = digest.algorithm();
-        tokio::task::spawn_blocking(move || write_loop(&file, wrx, &tx, hasher, move || Hasher::new(alg)))
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || write_loop(spool, wrx, &tx))
     };
     let received = receive(fills, upstream, repo, digest, tx, reserved, wtx).await;
     // The writer ends once the sender is dropped (inside `receive`) and its queue is drained.
-    let written = writer
-        .await
-        .map_err(|e| Error::Store(io::Error::other(e.to_string()).into()));
-    let (hasher, size) = match (received, written) {
-        (Err(e), _) => return Err(e),
-        (Ok(()), Err(e)) | (Ok(()), Ok(Err(e))) => return Err(e),
-        (Ok(()), Ok(Ok(done))) => done,
+    let written = writer.await.map_err(|_| Error::TaskFailed("fill writer"));
+    let spool = match (received, written) {
+        // The writer's own failure explains a receive that stopped because the writer did.
+        (_, Ok(Err(e))) | (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(Ok(spool))) => spool,
     };
-    let actual = hasher.finish();
-    if actual != *digest {
-        let reason = format!("content hashes to {actual}");
-        return Err(Error::BadContent {
-            upstream: upstream.name().into(),
-            reference: digest.to_string(),
-            reason,
-        });
-    }
-    Ok(size)
+    spool.verify().map_err(|actual| Error::BadContent {
+        upstream: upstream.name().into(),
+        reference: digest.to_string(),
+        reason: format!("content hashes to {actual}"),
+    })
 }
 
 /// Receive the body (with resumes) and queue it for the writer.
@@ -82,7 +84,8 @@ async fn receive(
     reserved: &mut Option<u64>,
     wtx: mpsc::Sender<WriteOp>,
 ) -> Result<(), Error> {
-    let writer_gone = || Error::Store(io::Error::other("the fill writer stopped").into());
+    // The writer only stops early when a write failed; its own result carries that error.
+    let writer_gone = || Error::TaskFailed("fill writer");
     let mut sent: u64 = 0;
     let mut total: Option<u64> = None;
     let mut resumes = 0;
@@ -144,15 +147,10 @@ async fn receive(
     }
 }
 
-/// The writer thread: write and hash each frame in order, publishing progress at least every
-/// [`CHUNK`] bytes and whenever it has caught up with the network. Returns the hasher and size.
-fn write_loop(
-    file: &File,
-    mut rx: mpsc::Receiver<WriteOp>,
-    tx: &watch::Sender<Progress>,
-    mut hasher: Hasher,
-    fresh: impl Fn() -> Hasher,
-) -> Result<(Hasher, u64), Error> {
+/// The writer thread: write each frame into the spool in order (it hashes as it writes),
+/// publishing progress at least every [`CHUNK`] bytes and whenever it has caught up with the
+/// network. Returns the spool.
+fn write_loop(mut spool: Spool, mut rx: mpsc::Receiver<WriteOp>, tx: &watch::Sender<Progress>) -> Result<Spool, Error> {
     let publish = |n: u64| {
         tx.send_modify(|p| {
             if let Progress::Streaming { written, .. } = p {
@@ -161,24 +159,17 @@ fn write_loop(
             }
         })
     };
-    let (mut offset, mut published) = (0u64, 0u64);
+    let mut published = 0u64;
     while let Some(op) = rx.blocking_recv() {
         match op {
-            WriteOp::Restart => {
-                offset = 0;
-                hasher = fresh();
-            }
-            WriteOp::Data(d) => {
-                file.write_all_at(&d, offset).map_err(|e| Error::Store(e.into()))?;
-                hasher.update(&d);
-                offset += d.len() as u64;
-            }
+            WriteOp::Restart => spool.restart(),
+            WriteOp::Data(d) => spool.write(&d).map_err(|e| Error::Store(e.into()))?,
         }
-        if offset >= published + CHUNK as u64 || rx.is_empty() {
-            publish(offset);
-            published = offset;
+        if spool.len() >= published + CHUNK as u64 || rx.is_empty() {
+            publish(spool.len());
+            published = spool.len();
         }
     }
-    publish(offset);
-    Ok((hasher, offset))
+    publish(spool.len());
+    Ok(spool)
 }

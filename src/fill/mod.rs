@@ -1,39 +1,36 @@
 //! Single-flight blob fills. The first miss for a digest starts one fill task that owns the
-//! upstream GET; a writer thread writes the bytes into a temp file while hashing and publishes
-//! how many are written through a `watch` channel. Every request for the digest, the first
-//! included, reads the temp file with its own positional reads up to the published length, at
-//! its own pace, so a slow or vanished client never slows or cancels the fill. Once the digest
-//! checks out the fill publishes `Verified` (readers may finish), then fsyncs and renames the
-//! file into the store. On any failure the temp file is removed and every reader's stream ends
-//! with an error. No HTTP response types here.
+//! upstream GET; a writer thread writes the bytes into a spool on the local disk (hashing as
+//! it writes) and publishes how many are written through a `watch` channel. Every request for
+//! the digest, the first included, reads the spool with its own positional reads up to the
+//! published length, at its own pace, so a slow or vanished client never slows or cancels the
+//! fill. Once the digest checks out the fill publishes `Verified` (readers may finish), then
+//! commits the verified spool to the store. On any failure the spool is removed and every
+//! reader's stream ends with an error. The fill's entry in the in-flight map is held by a
+//! guard, so a fill that fails or panics never wedges its digest. No HTTP types here.
 
 mod fetch;
-mod reader;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use reader::{read_file, CHUNK};
-
-use crate::error::Error;
+use crate::coalesce::{Inflight, Leave};
+use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::store::{BlobStore, Evictor, TempFile};
+use crate::store::{read_file, BlobStore, ByteStream, ContentStore, Evictor, Follow};
 use crate::upstream::Upstream;
 
 /// Where a fill stands, as seen by its readers.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    /// Waiting for the upstream's response headers.
+    /// Creating the spool and waiting for the upstream's response headers.
     Connecting,
-    /// Bytes `0..written` are in the temp file; `total` is the size if the upstream said.
+    /// Bytes `0..written` are in the spool; `total` is the size if the upstream said.
     Streaming {
         /// Bytes written so far (a prefix of the blob).
         written: u64,
@@ -51,8 +48,43 @@ pub enum Progress {
 
 /// A fill in progress that readers can follow.
 pub struct Fill {
-    file: Arc<File>,
+    /// The spool's file, set by the fill task before it publishes any byte.
+    file: OnceLock<Arc<File>>,
     progress: watch::Receiver<Progress>,
+}
+
+/// A reader's view of a fill's progress.
+struct Following(watch::Receiver<Progress>);
+
+impl Follow for Following {
+    /// How far a reader at `pos` may read now: waits while nothing new is written; returns the
+    /// written length, or the final size once verified.
+    async fn wait_for(&mut self, pos: u64) -> io::Result<u64> {
+        loop {
+            match &*self.0.borrow_and_update() {
+                Progress::Streaming { written, .. } if *written > pos => return Ok(*written),
+                Progress::Verified { size } => return Ok(*size),
+                Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
+                _ => {}
+            }
+            if self.0.changed().await.is_err() {
+                return Err(io::Error::other("fill ended without a result"));
+            }
+        }
+    }
+
+    async fn wait_verified(&mut self) -> io::Result<()> {
+        loop {
+            match &*self.0.borrow_and_update() {
+                Progress::Verified { .. } => return Ok(()),
+                Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
+                _ => {}
+            }
+            if self.0.changed().await.is_err() {
+                return Err(io::Error::other("fill ended without a result"));
+            }
+        }
+    }
 }
 
 impl Fill {
@@ -67,16 +99,22 @@ impl Fill {
                 Progress::Failed(e) => return Err(Error::Shared(e.clone())),
             }
             if rx.changed().await.is_err() {
-                return Err(Error::Store(
-                    io::Error::other("fill task ended without a result").into(),
-                ));
+                return Err(Error::TaskFailed("blob fill"));
             }
         }
     }
 
     /// Stream `start..start+len` (or to the end when `len` is `None`) as the fill writes it.
-    pub fn read(&self, start: u64, len: Option<u64>) -> mpsc::Receiver<io::Result<Bytes>> {
-        read_file(self.file.clone(), start, len, Some(self.progress.clone()), None)
+    /// Call after [`Fill::wait_started`] succeeded.
+    pub fn read(&self, start: u64, len: Option<u64>) -> ByteStream {
+        match self.file.get() {
+            Some(file) => read_file(file.clone(), start, len, Some(Following(self.progress.clone())), None),
+            None => {
+                let (tx, rx) = mpsc::channel(1);
+                let _ = tx.try_send(Err(io::Error::other("the fill has not started")));
+                rx
+            }
+        }
     }
 }
 
@@ -96,9 +134,11 @@ pub enum Source {
 /// The in-flight fills, keyed by digest. Cheap to clone.
 #[derive(Clone)]
 pub struct Fills {
-    // A std Mutex: held only to look up or insert, never across an await.
-    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    store: BlobStore,
+    inflight: Inflight<Digest, Arc<Fill>>,
+    /// The local disk: spools and the index of committed content.
+    disk: BlobStore,
+    /// Where verified content is committed.
+    store: Arc<dyn ContentStore>,
     evictor: Arc<Evictor>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
@@ -106,12 +146,18 @@ pub struct Fills {
 }
 
 impl Fills {
-    /// Fills writing into the evictor's store; tasks are tracked by `tasks` and stop on
-    /// `shutdown`.
-    pub fn new(evictor: Arc<Evictor>, metrics: Arc<Metrics>, tasks: TaskTracker, shutdown: CancellationToken) -> Fills {
-        let store = evictor.store().clone();
+    /// Fills spooling on the evictor's disk and committing to `store`; tasks are tracked by
+    /// `tasks` and stop on `shutdown`.
+    pub fn new(
+        evictor: Arc<Evictor>,
+        store: Arc<dyn ContentStore>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Fills {
         Fills {
-            inflight: Arc::default(),
+            inflight: Inflight::default(),
+            disk: evictor.store().clone(),
             store,
             evictor,
             metrics,
@@ -121,33 +167,32 @@ impl Fills {
     }
 
     /// Join the fill for `digest`, or start one fetching it from `upstream` under `repo`.
-    pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Result<Source, Error> {
-        let mut map = self.inflight.lock().expect("fill map lock is never poisoned");
-        if let Some(fill) = map.get(digest) {
-            self.metrics.record_coalesced("blob", upstream.name());
-            return Ok(Source::Fill {
-                fill: fill.clone(),
-                joined: true,
-            });
-        }
-        // A fill that finished between the caller's store lookup and this lock.
-        if self.store.contains(digest) {
-            return Ok(Source::Committed);
-        }
-        let tmp = self.store.create_temp()?;
-        let file = Arc::new(tmp.file().try_clone().map_err(crate::store::Error::from)?);
-        let (tx, rx) = watch::channel(Progress::Connecting);
-        let fill = Arc::new(Fill {
-            file: file.clone(),
-            progress: rx,
+    /// Touches no disk: the fill task creates its spool.
+    pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Source {
+        let mut sender = None;
+        let entry = self.inflight.join_or_start(digest, || {
+            // A fill that finished between the caller's store lookup and now.
+            if self.disk.index().contains(digest) {
+                return None;
+            }
+            let (tx, rx) = watch::channel(Progress::Connecting);
+            sender = Some(tx);
+            Some(Arc::new(Fill {
+                file: OnceLock::new(),
+                progress: rx,
+            }))
         });
-        map.insert(digest.clone(), fill.clone());
-        drop(map);
-        let this = self.clone();
-        let digest = digest.clone();
+        let Some((fill, leave)) = entry else {
+            return Source::Committed;
+        };
+        let (Some(leave), Some(tx)) = (leave, sender) else {
+            self.metrics.record_coalesced("blob", upstream.name());
+            return Source::Fill { fill, joined: true };
+        };
+        let (this, f, digest) = (self.clone(), fill.clone(), digest.clone());
         self.tasks
-            .spawn(async move { this.run(upstream, repo, digest, tmp, file, tx).await });
-        Ok(Source::Fill { fill, joined: false })
+            .spawn(async move { this.run(upstream, repo, digest, f, tx, leave).await });
+        Source::Fill { fill, joined: false }
     }
 
     async fn run(
@@ -155,61 +200,42 @@ impl Fills {
         upstream: Arc<Upstream>,
         repo: RepoName,
         digest: Digest,
-        tmp: TempFile,
-        file: Arc<File>,
+        fill: Arc<Fill>,
         tx: watch::Sender<Progress>,
+        leave: Leave<Digest, Arc<Fill>>,
     ) {
         let gauge = self.metrics.inflight_fills.with_label_values(&[upstream.name()]);
         gauge.inc();
         let mut reserved = None;
         let fetched = tokio::select! {
-            r = fetch::fetch(&self, &upstream, &repo, &digest, &file, &tx, &mut reserved) => r,
-            _ = self.shutdown.cancelled() => Err(Error::Store(io::Error::other("shutting down").into())),
+            r = fetch::fetch(&self, &upstream, &repo, &digest, &fill, &tx, &mut reserved) => r,
+            _ = self.shutdown.cancelled() => Err(Error::ShuttingDown),
         };
         match fetched {
-            Ok(size) => {
+            Ok(verified) => {
                 // Readers may finish now: the bytes are verified. Durability comes next.
-                let _ = tx.send(Progress::Verified { size });
-                let (store, d) = (self.store.clone(), digest.clone());
-                let committed = tokio::task::spawn_blocking(move || store.commit(tmp, &d)).await;
-                if let Err(e) = committed
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                {
-                    self.failed(&upstream, &repo, &digest, "store", &e);
+                let _ = tx.send(Progress::Verified { size: verified.size() });
+                if let Err(e) = self.store.commit(verified).await {
+                    tracing::error!(upstream = upstream.name(), digest = %digest, error = %e, "blob fill could not be stored");
                 }
                 self.release(reserved).await;
-                // Leave after the commit: a request arriving now finds the committed file.
-                self.leave(&digest);
+                // Leave after the commit: a request arriving now finds the committed blob.
+                drop(leave);
             }
             Err(e) => {
-                drop(tmp);
-                let reason = match &e {
-                    Error::BadContent { .. } => "digest_mismatch",
-                    Error::Store(_) => "store",
-                    Error::Uncacheable => "uncacheable",
-                    _ => "fetch",
-                };
-                self.failed(&upstream, &repo, &digest, reason, &e.to_string());
+                self.failed(&upstream, &repo, &digest, &e);
                 self.release(reserved).await;
                 // Leave before telling readers, so a client retrying at once starts afresh.
-                self.leave(&digest);
+                drop(leave);
                 let _ = tx.send(Progress::Failed(e.shared()));
             }
         }
         gauge.dec();
     }
 
-    fn leave(&self, digest: &Digest) {
-        self.inflight
-            .lock()
-            .expect("fill map lock is never poisoned")
-            .remove(digest);
-    }
-
     async fn release(&self, reserved: Option<u64>) {
         match reserved {
-            Some(n) => self.store.index().release(n),
+            Some(n) => self.disk.index().release(n),
             // The size was unknown up front: get back under the budget now.
             None => {
                 let _ = self.evictor.reserve(0).await;
@@ -217,8 +243,22 @@ impl Fills {
         }
     }
 
-    fn failed(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, reason: &str, error: &str) {
-        self.metrics.record_upstream_error(upstream.name(), reason);
-        tracing::warn!(upstream = upstream.name(), repo = %repo, digest = %digest, error, "blob fill failed");
+    /// Log a failed fill; only the upstream's failures count as upstream errors.
+    fn failed(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, e: &Error) {
+        if e.origin() == Origin::Upstream {
+            let reason = match e {
+                Error::BadContent { .. } => "digest_mismatch",
+                _ => "fetch",
+            };
+            self.metrics.record_upstream_error(upstream.name(), reason);
+        }
+        match e {
+            Error::ShuttingDown | Error::Uncacheable => {
+                tracing::info!(upstream = upstream.name(), repo = %repo, digest = %digest, reason = %e, "blob fill stopped")
+            }
+            _ => {
+                tracing::warn!(upstream = upstream.name(), repo = %repo, digest = %digest, error = %e, "blob fill failed")
+            }
+        }
     }
 }

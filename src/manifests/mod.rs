@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
+use tokio_util::task::TaskTracker;
 
 pub use cache::ManifestCache;
 pub use freshness::{freshness, Freshness};
@@ -27,6 +28,7 @@ use crate::coalesce::SingleFlight;
 use crate::error::{Error, Origin, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, MediaType, Reference, RepoName, Tag, MANIFEST_TYPES};
+pub use crate::store::TagKey;
 use crate::store::TagRecord;
 use crate::upstream::Upstream;
 
@@ -39,17 +41,6 @@ pub struct Manifest {
     pub media_type: MediaType,
     /// The exact bytes.
     pub bytes: Bytes,
-}
-
-/// `(upstream, repository, tag)`: tags never mix across upstreams.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TagKey {
-    /// Upstream name.
-    pub upstream: String,
-    /// Repository as sent upstream.
-    pub repo: RepoName,
-    /// Tag.
-    pub tag: Tag,
 }
 
 /// A manifest and how it was found.
@@ -82,11 +73,12 @@ pub struct Manifests {
 }
 
 impl Manifests {
-    /// A service over `cache`, serving stale tags within `stale_if_error` of their TTL.
-    pub fn new(cache: ManifestCache, metrics: Arc<Metrics>, stale_if_error: Duration) -> Manifests {
+    /// A service over `cache`, serving stale tags within `stale_if_error` of their TTL;
+    /// coalesced fetches run on `tasks` (shutdown waits for them).
+    pub fn new(cache: ManifestCache, metrics: Arc<Metrics>, stale_if_error: Duration, tasks: TaskTracker) -> Manifests {
         Manifests {
             cache,
-            flights: SingleFlight::default(),
+            flights: SingleFlight::new(tasks),
             metrics,
             stale_if_error,
         }
@@ -251,7 +243,7 @@ impl Manifests {
         if joined {
             self.metrics.record_coalesced("manifest", up.name());
         }
-        let res = res.ok_or_else(|| Error::Store(std::io::Error::other("manifest fetch task failed").into()))?;
+        let res = res.ok_or(Error::TaskFailed("manifest fetch"))?;
         let (m, result) = res.map_err(Error::Shared)?;
         Ok((m, if joined { result.joined() } else { result }))
     }

@@ -1,10 +1,12 @@
-//! Content-addressed storage on local disk. Writers stream into `tmp/<random>`, the caller
-//! verifies the digest, then [`BlobStore::commit`] fsyncs and renames into
-//! `blobs/<alg>/<ab>/<hex>` and fsyncs the directory, so a final path always holds exactly the
-//! bytes of its digest. A temp file is removed when its [`TempFile`] is dropped uncommitted.
+//! Content-addressed storage on local disk. Writers stream into a [`Spool`] under
+//! `tmp/<random>` that hashes what is written; only a [`VerifiedSpool`] is committed: fsync,
+//! rename into `blobs/<alg>/<ab>/<hex>`, fsync the directory, so a final path always holds
+//! exactly the bytes of its digest. Blocking file I/O: async callers go through the
+//! [`ContentStore`](super::ContentStore) impl in `local.rs`, which runs it off the async
+//! threads.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,38 +14,16 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::index::{ReadGuard, StoreIndex};
-use super::Error;
+use super::spool::TempFile;
+use super::{Error, Spool, TagStore, VerifiedSpool};
 use crate::oci::Digest;
 
-/// Handle to the store root and its index. Cheap to clone.
+/// Handle to the store root, its index and its tag records. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
     index: Arc<StoreIndex>,
-}
-
-/// A file being written under `tmp/`; removed on drop unless committed.
-#[derive(Debug)]
-pub struct TempFile {
-    path: PathBuf,
-    file: File,
-    committed: bool,
-}
-
-impl TempFile {
-    /// The open file (read + write).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Open readers keep their descriptor; the name goes now.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
+    tags: TagStore,
 }
 
 impl BlobStore {
@@ -64,13 +44,23 @@ impl BlobStore {
         Self::attach(root)
     }
 
-    /// Index an existing store without touching `tmp/`: safe beside a running server.
+    /// Index an existing store without touching `tmp/`: safe beside a running server. A
+    /// directory without `blobs/` is not a store.
     pub fn attach(root: &Path) -> Result<BlobStore, Error> {
+        if !root.join("blobs").is_dir() {
+            return Err(Error::NotAStore(root.to_path_buf()));
+        }
         let index = StoreIndex::scan(&root.join("blobs"))?;
         Ok(BlobStore {
             root: root.to_path_buf(),
             index: Arc::new(index),
+            tags: TagStore::new(root),
         })
+    }
+
+    /// The tag records of this store.
+    pub fn tags(&self) -> &TagStore {
+        &self.tags
     }
 
     /// The index of committed content.
@@ -101,7 +91,7 @@ impl BlobStore {
     }
 
     /// Where the verified content of `digest` lives.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join("blobs")
@@ -111,7 +101,7 @@ impl BlobStore {
     }
 
     /// Open committed content for reading: the file and its size, or `None` if absent.
-    pub fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, Error> {
+    pub(super) fn open_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, Error> {
         match File::open(self.blob_path(digest)) {
             Ok(f) => {
                 let len = f.metadata()?.len();
@@ -131,8 +121,18 @@ impl BlobStore {
         self.blob_path(digest).is_file()
     }
 
-    /// A new, empty temp file on the store's file system (so the commit rename is atomic).
-    pub fn create_temp(&self) -> Result<TempFile, Error> {
+    /// A new spool for content expected to hash to `expected`, on the store's file system (so
+    /// the commit rename is atomic).
+    pub fn spool(&self, expected: &Digest) -> Result<Spool, Error> {
+        Ok(Spool::new(self.create_temp()?, expected))
+    }
+
+    /// Whether a new file can be created in the store now (for readiness).
+    pub fn check_writable(&self) -> Result<(), Error> {
+        self.create_temp().map(drop)
+    }
+
+    fn create_temp(&self) -> Result<TempFile, Error> {
         let path = self
             .root
             .join("tmp")
@@ -140,30 +140,38 @@ impl BlobStore {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok(TempFile {
             path,
-            file,
+            file: Arc::new(file),
             committed: false,
         })
     }
 
-    /// Make a fully written temp file visible as `digest`. The caller has verified the digest.
-    pub fn commit(&self, mut tmp: TempFile, digest: &Digest) -> Result<(), Error> {
+    /// Make verified content visible under its digest: fsync, rename, fsync the directory.
+    pub fn commit(&self, spool: VerifiedSpool) -> Result<(), Error> {
+        let VerifiedSpool { mut tmp, digest, size } = spool;
         tmp.file.sync_all()?;
-        let size = tmp.file.metadata()?.len();
-        let dest = self.blob_path(digest);
+        let dest = self.blob_path(&digest);
         let dir = dest.parent().expect("blob paths always have a parent");
         fs::create_dir_all(dir)?;
         fs::rename(&tmp.path, &dest)?;
         tmp.committed = true;
         File::open(dir)?.sync_all()?;
-        self.index.insert(digest, size);
+        self.index.insert(&digest, size);
         Ok(())
     }
 
-    /// Store small verified content (a manifest) in one step.
+    /// Spool small content (a manifest) in one step and verify it.
+    pub fn spool_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<VerifiedSpool, Error> {
+        let mut spool = self.spool(digest)?;
+        spool.write(bytes)?;
+        spool.verify().map_err(|actual| Error::Mismatch {
+            expected: digest.clone(),
+            actual,
+        })
+    }
+
+    /// Store small content in one step: spool, verify, commit.
     pub fn store_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), Error> {
-        let mut tmp = self.create_temp()?;
-        tmp.file.write_all(bytes)?;
-        self.commit(tmp, digest)
+        self.commit(self.spool_bytes(digest, bytes)?)
     }
 
     /// Read small content back, re-verifying it: a file that does not match its digest (or is
@@ -234,10 +242,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let d = Digest::of(Algorithm::Sha256, b"hello");
-        let mut tmp = store.create_temp().unwrap();
-        tmp.file.write_all(b"hello").unwrap();
+        let mut spool = store.spool(&d).unwrap();
+        spool.write(b"hello").unwrap();
         assert!(!store.contains(&d), "not visible before commit");
-        store.commit(tmp, &d).unwrap();
+        store.commit(spool.verify().unwrap()).unwrap();
         assert_eq!(store.load_verified(&d, 100).unwrap().unwrap(), &b"hello"[..]);
         assert_eq!(
             fs::read_dir(dir.path().join("tmp")).unwrap().count(),
@@ -250,8 +258,8 @@ mod tests {
     fn dropped_temp_files_and_leftovers_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let tmp = store.create_temp().unwrap();
-        drop(tmp);
+        let spool = store.spool(&Digest::of(Algorithm::Sha256, b"x")).unwrap();
+        drop(spool);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
         BlobStore::open(dir.path()).unwrap();
@@ -260,6 +268,26 @@ mod tests {
             0,
             "start removes temp files"
         );
+    }
+
+    #[test]
+    fn unverified_content_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"hello");
+        let mut spool = store.spool(&d).unwrap();
+        spool.write(b"hellO").unwrap();
+        assert_eq!(spool.verify().unwrap_err(), Digest::of(Algorithm::Sha256, b"hellO"));
+        assert!(
+            !store.contains(&d),
+            "a mismatch yields no VerifiedSpool, so nothing to commit"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "and its file is gone"
+        );
+        assert!(matches!(store.store_bytes(&d, b"other"), Err(Error::Mismatch { .. })));
     }
 
     #[test]

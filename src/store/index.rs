@@ -133,6 +133,11 @@ impl StoreIndex {
         false
     }
 
+    /// Whether the object is committed (in memory; no disk access).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.lock().entries.contains_key(digest)
+    }
+
     /// Whether the object was hashed since this process started (unknown objects: false).
     pub fn is_verified(&self, digest: &Digest) -> bool {
         self.lock().entries.get(digest).is_some_and(|e| e.verified)

@@ -1,5 +1,8 @@
-//! The on-disk store: content-addressed blobs and manifests (`cas`) and the tag index (`tags`).
-//! Layout under the configured root:
+//! Storage. `content.rs` is the seam, the [`ContentStore`] trait every backend implements
+//! (what a backend must guarantee is written there); the local disk is the backend here:
+//! content-addressed blobs and manifests (`cas`, with `local.rs` implementing the trait),
+//! spools that fills write to and readers tail (`spool`, `reader`), the in-memory index and
+//! eviction (`index`, `evict`), tag records (`tags`) and pins. Layout under the configured root:
 //! ```text
 //! blobs/sha256/ab/abcdef...          verified content, visible only after verify + fsync + rename
 //! tmp/                               writes in progress; emptied at start
@@ -9,16 +12,27 @@
 //! Paths are built only from validated names, tags and digest hex. No network I/O here.
 
 mod cas;
+mod content;
 mod evict;
 mod index;
+mod local;
 mod pins;
+mod reader;
+mod spool;
 mod tags;
 
-pub use cas::{BlobStore, TempFile};
+pub use cas::BlobStore;
+pub use content::{Blob, ByteStream, ContentStore, ObjectInfo, RangeReader, StoreFuture};
 pub use evict::{free_space, EvictReport, Evictor, Limits};
 pub use index::{Entry, ReadGuard, StoreIndex};
 pub use pins::{Pin, Pins};
-pub use tags::{TagEntry, TagRecord, TagStore};
+pub use reader::{read_file, Complete, Follow, CHUNK};
+pub use spool::{Spool, VerifiedSpool};
+pub use tags::{TagEntry, TagKey, TagRecord, TagStore};
+
+use std::path::PathBuf;
+
+use crate::oci::Digest;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -26,4 +40,15 @@ pub enum Error {
     /// The file system failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The directory holds no store.
+    #[error("{} is not a berth store (no blobs/)", .0.display())]
+    NotAStore(PathBuf),
+    /// Content to commit did not hash to its digest; nothing was stored.
+    #[error("content for {expected} hashes to {actual}")]
+    Mismatch {
+        /// The digest it was stored under.
+        expected: Digest,
+        /// What it hashed to.
+        actual: Digest,
+    },
 }

@@ -11,6 +11,17 @@ use serde::{Deserialize, Serialize};
 use super::Error;
 use crate::oci::{Digest, MediaType, RepoName, Tag};
 
+/// `(upstream, repository, tag)`: tags never mix across upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    /// Upstream name.
+    pub upstream: String,
+    /// Repository as sent upstream.
+    pub repo: RepoName,
+    /// Tag.
+    pub tag: Tag,
+}
+
 /// What a tag pointed at when berth last asked upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagRecord {
@@ -40,6 +51,17 @@ pub struct TagEntry {
     pub tag: Tag,
     /// What it points at.
     pub record: TagRecord,
+}
+
+impl TagEntry {
+    /// The tag this entry is for.
+    pub fn key(&self) -> TagKey {
+        TagKey {
+            upstream: self.upstream.clone(),
+            repo: self.repo.clone(),
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 /// Handle to `<root>/tags`. Cheap to clone.

@@ -1,43 +1,66 @@
-//! Streaming a file into a response body: committed blobs, and temp files a fill is still
-//! writing (wait for bytes, end with an error if the fill fails, and hold the final chunk
-//! until the fill has verified the digest).
+//! Streaming a file into a [`ByteStream`] with positional reads of [`CHUNK`] bytes: committed
+//! objects, and spools a fill is still writing (then a [`Follow`] says how far the reader may
+//! go, ends the stream with an error if the fill fails, and holds the final chunk until the
+//! content is verified).
 
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::Progress;
-use crate::store::ReadGuard;
+use super::{ByteStream, ReadGuard};
 
 /// Bytes per read; a reader holds at most a few of these.
 pub const CHUNK: usize = 256 << 10;
 
-/// Stream `start..start+len` of `file` in [`CHUNK`]s. With `progress`, the file is a fill in
-/// progress: wait for bytes to be written, and end with an error if the fill fails. Stops as
+/// How a reader follows a file that is still being written.
+pub trait Follow: Send + 'static {
+    /// Wait until bytes past `pos` are written; returns how far the file may be read now (the
+    /// final size once verified), or an error if the writer failed.
+    fn wait_for(&mut self, pos: u64) -> impl Future<Output = io::Result<u64>> + Send;
+    /// Wait until the content is verified (Ok) or the writer failed (Err).
+    fn wait_verified(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A committed file: everything is there and verified.
+pub struct Complete;
+
+impl Follow for Complete {
+    async fn wait_for(&mut self, _pos: u64) -> io::Result<u64> {
+        Ok(u64::MAX)
+    }
+
+    async fn wait_verified(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stream `start..start+len` of `file` in [`CHUNK`]s. With `follow`, the file is a spool in
+/// progress: wait for bytes to be written, and end with an error if the writer fails. Stops as
 /// soon as the receiver is dropped (the client went away). `guard` is held until then.
-pub fn read_file(
+pub fn read_file<F: Follow>(
     file: Arc<File>,
     start: u64,
     len: Option<u64>,
-    progress: Option<watch::Receiver<Progress>>,
+    follow: Option<F>,
     guard: Option<ReadGuard>,
-) -> mpsc::Receiver<io::Result<Bytes>> {
+) -> ByteStream {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         let _guard = guard;
-        let mut progress = progress;
+        let mut follow = follow;
         let mut pos = start;
         let end = len.map(|l| start + l);
         loop {
             if end.is_some_and(|e| pos >= e) {
                 return;
             }
-            let available = match progress.as_mut() {
+            let available = match follow.as_mut() {
                 None => end.unwrap_or(u64::MAX),
-                Some(rx) => match wait_for(rx, pos).await {
+                Some(f) => match f.wait_for(pos).await {
                     Ok(a) => a,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -57,8 +80,8 @@ pub fn read_file(
             // The chunk that completes a known-length body is held until the fill is verified:
             // once the client has every byte it would take the transfer as clean.
             let last = end.is_some_and(|e| pos + n as u64 >= e);
-            let chunk = match (last, progress.as_mut()) {
-                (true, Some(rx)) if chunk.is_ok() => wait_verified(rx).await.and(chunk),
+            let chunk = match (last, follow.as_mut()) {
+                (true, Some(f)) if chunk.is_ok() => f.wait_verified().await.and(chunk),
                 _ => chunk,
             };
             let failed = chunk.is_err();
@@ -86,34 +109,4 @@ fn read_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
         }
     }
     Ok(Bytes::from(buf))
-}
-
-/// Wait until the fill has verified the digest (Ok) or failed (Err).
-async fn wait_verified(rx: &mut watch::Receiver<Progress>) -> io::Result<()> {
-    loop {
-        match &*rx.borrow_and_update() {
-            Progress::Verified { .. } => return Ok(()),
-            Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
-            _ => {}
-        }
-        if rx.changed().await.is_err() {
-            return Err(io::Error::other("fill ended without a result"));
-        }
-    }
-}
-
-/// How far a reader at `pos` may read now: waits while nothing new is written; returns the
-/// written length, or the final size once verified.
-async fn wait_for(rx: &mut watch::Receiver<Progress>, pos: u64) -> io::Result<u64> {
-    loop {
-        match &*rx.borrow_and_update() {
-            Progress::Streaming { written, .. } if *written > pos => return Ok(*written),
-            Progress::Verified { size } => return Ok(*size),
-            Progress::Failed(e) => return Err(io::Error::other(e.to_string())),
-            _ => {}
-        }
-        if rx.changed().await.is_err() {
-            return Err(io::Error::other("fill ended without a result"));
-        }
-    }
 }

@@ -1,0 +1,98 @@
+//! The storage seam: what berth needs from a place that holds verified content, as the
+//! [`ContentStore`] trait. The local disk ([`BlobStore`](super::BlobStore)) implements it; a
+//! shared object store (S3 through `object_store`, issue 12) can implement it too, behind the
+//! local disk as a second tier. Callers never see paths or file handles.
+//!
+//! What a backend must guarantee:
+//! - Only verified content is visible: an object appears under its digest only through
+//!   [`ContentStore::commit`] of a [`VerifiedSpool`], whose bytes hashed to that digest.
+//! - Commit is atomic: a reader sees the whole object or none of it; a crash leaves nothing
+//!   partial visible (local: fsync + rename + directory fsync; S3: multipart completion).
+//! - Ranged reads: a [`Blob`] serves any byte range of one committed object; if the object
+//!   vanishes or turns out wrong mid-read, the stream ends with an error, never a clean end.
+//! - A missing or wrong object is a miss (`Ok(None)`), never an error that sticks.
+//! - Tag records are small documents replaced atomically.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Error, TagEntry, TagKey, TagRecord, VerifiedSpool};
+use crate::oci::Digest;
+
+/// A stream of body chunks; an `Err` item means the transfer broke (never a clean end).
+pub type ByteStream = mpsc::Receiver<io::Result<Bytes>>;
+
+/// The future every [`ContentStore`] method returns (boxed, so the trait is object safe).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// Reads byte ranges of one open object.
+pub trait RangeReader: Send {
+    /// Stream `start..start+len` (to the end when `len` is `None`) in chunks.
+    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> ByteStream;
+}
+
+/// An open committed object: its size and a reader. Holding it keeps the object readable
+/// (and, on the local disk, off the eviction list) until the read ends.
+pub struct Blob {
+    /// Size in bytes.
+    pub size: u64,
+    reader: Box<dyn RangeReader>,
+}
+
+impl Blob {
+    /// An open object of `size` bytes read by `reader`.
+    pub fn new(size: u64, reader: Box<dyn RangeReader>) -> Blob {
+        Blob { size, reader }
+    }
+
+    /// Stream `start..start+len` (to the end when `len` is `None`).
+    pub fn read(self, start: u64, len: Option<u64>) -> ByteStream {
+        self.reader.read(start, len)
+    }
+}
+
+/// One committed object, for listings (gc, `cache ls|stats`).
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Bytes.
+    pub size: u64,
+    /// Last time it was served or committed.
+    pub last_access: SystemTime,
+}
+
+/// A place that holds verified content and tag records. See the module docs for what an
+/// implementation must guarantee.
+pub trait ContentStore: Send + Sync {
+    /// The size of committed content, or `None` if absent. Serves no bytes, so it does not
+    /// re-check content (a HEAD).
+    fn stat<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<u64>>;
+    /// Open committed content for ranged reads; `None` if absent or found not to match its
+    /// digest (then it is removed, so it is refetched, never served).
+    fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Blob>>;
+    /// Read a whole small object (a manifest) of at most `max` bytes, verified against its
+    /// digest; `None` if absent, larger, or wrong.
+    fn load<'a>(&'a self, digest: &'a Digest, max: u64) -> StoreFuture<'a, Option<Bytes>>;
+    /// Make verified content visible under its digest, atomically.
+    fn commit(&self, spool: VerifiedSpool) -> StoreFuture<'_, ()>;
+    /// Remove committed content (absent is fine). Open readers may finish.
+    fn delete<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()>;
+    /// Every committed object.
+    fn list(&self) -> StoreFuture<'_, Vec<ObjectInfo>>;
+    /// Note an access (for recency-based eviction); cheap, may be a no-op.
+    fn touch(&self, digest: &Digest);
+    /// The record for a tag, if one was saved and parses.
+    fn load_tag<'a>(&'a self, key: &'a TagKey) -> StoreFuture<'a, Option<TagRecord>>;
+    /// Replace the record for a tag atomically.
+    fn save_tag<'a>(&'a self, key: &'a TagKey, rec: &'a TagRecord) -> StoreFuture<'a, ()>;
+    /// Forget a tag (absent is fine).
+    fn remove_tag<'a>(&'a self, key: &'a TagKey) -> StoreFuture<'a, ()>;
+    /// Every saved tag, sorted by upstream, repository and tag.
+    fn list_tags(&self) -> StoreFuture<'_, Vec<TagEntry>>;
+}

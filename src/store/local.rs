@@ -1,0 +1,116 @@
+//! The local disk as a [`ContentStore`]: each call runs the blocking file work of
+//! [`BlobStore`] on the blocking pool, never on an async thread. Content found on disk at
+//! start is hashed once before its first read; ranged reads are positional reads of the open
+//! file (which stays readable if the object is evicted meanwhile), holding a read guard that
+//! keeps the object off the eviction list.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    read_file, Blob, BlobStore, ByteStream, Complete, ContentStore, Error, ObjectInfo, RangeReader, ReadGuard,
+    StoreFuture, TagEntry, TagKey, TagRecord, VerifiedSpool,
+};
+use crate::oci::Digest;
+
+/// Run blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// An open committed file.
+struct FileReader {
+    file: Arc<File>,
+    guard: ReadGuard,
+}
+
+impl RangeReader for FileReader {
+    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> ByteStream {
+        read_file::<Complete>(self.file, start, len, None, Some(self.guard))
+    }
+}
+
+impl ContentStore for BlobStore {
+    fn stat<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<u64>> {
+        let (store, d) = (self.clone(), digest.clone());
+        Box::pin(blocking(move || Ok(store.open_blob(&d)?.map(|(_, size)| size))))
+    }
+
+    fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Blob>> {
+        let (store, d) = (self.clone(), digest.clone());
+        Box::pin(async move {
+            let opened = blocking(move || {
+                if !store.verify(&d)? {
+                    return Ok(None);
+                }
+                let guard = store.read_guard(&d);
+                Ok(store.open_blob(&d)?.map(|(file, size)| (file, size, guard)))
+            })
+            .await?;
+            Ok(opened.map(|(file, size, guard)| {
+                let reader = FileReader {
+                    file: Arc::new(file),
+                    guard,
+                };
+                Blob::new(size, Box::new(reader))
+            }))
+        })
+    }
+
+    fn load<'a>(&'a self, digest: &'a Digest, max: u64) -> StoreFuture<'a, Option<Bytes>> {
+        let (store, d) = (self.clone(), digest.clone());
+        Box::pin(blocking(move || store.load_verified(&d, max)))
+    }
+
+    fn commit(&self, spool: VerifiedSpool) -> StoreFuture<'_, ()> {
+        let store = self.clone();
+        Box::pin(blocking(move || store.commit(spool)))
+    }
+
+    fn delete<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
+        let (store, d) = (self.clone(), digest.clone());
+        Box::pin(blocking(move || store.remove(&d)))
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<ObjectInfo>> {
+        let entries = self.index().entries();
+        Box::pin(async move {
+            Ok(entries
+                .into_iter()
+                .map(|(digest, e)| ObjectInfo {
+                    digest,
+                    size: e.size,
+                    last_access: e.last_access,
+                })
+                .collect())
+        })
+    }
+
+    fn touch(&self, digest: &Digest) {
+        BlobStore::touch(self, digest, None);
+    }
+
+    fn load_tag<'a>(&'a self, key: &'a TagKey) -> StoreFuture<'a, Option<TagRecord>> {
+        let (tags, k) = (self.tags().clone(), key.clone());
+        Box::pin(blocking(move || tags.load(&k.upstream, &k.repo, &k.tag)))
+    }
+
+    fn save_tag<'a>(&'a self, key: &'a TagKey, rec: &'a TagRecord) -> StoreFuture<'a, ()> {
+        let (tags, k, r) = (self.tags().clone(), key.clone(), rec.clone());
+        Box::pin(blocking(move || tags.save(&k.upstream, &k.repo, &k.tag, &r)))
+    }
+
+    fn remove_tag<'a>(&'a self, key: &'a TagKey) -> StoreFuture<'a, ()> {
+        let (tags, k) = (self.tags().clone(), key.clone());
+        Box::pin(blocking(move || tags.remove(&k.upstream, &k.repo, &k.tag)))
+    }
+
+    fn list_tags(&self) -> StoreFuture<'_, Vec<TagEntry>> {
+        let tags = self.tags().clone();
+        Box::pin(blocking(move || tags.all()))
+    }
+}
