@@ -305,7 +305,8 @@ pub struct UpstreamConfig {
     /// Extra attempts for a request that failed to connect or got a 5xx (jittered backoff).
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// Consecutive connect failures, timeouts or 5xx that open the circuit breaker.
+    /// Consecutive connect failures or timeouts that open the circuit breaker; as many 5xx
+    /// only trigger a `/v2/` probe, and the circuit opens if that fails too.
     #[serde(default = "default_circuit_failures")]
     pub circuit_failures: u32,
     /// How long an open circuit fails fast before one probe request is let through.

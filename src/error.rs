@@ -90,8 +90,9 @@ pub enum Error {
         /// The upstream's `Retry-After`, if any.
         retry_after: Option<HeaderValue>,
     },
-    /// The upstream failed (connect, TLS, timeout, 5xx, protocol).
-    #[error("{upstream} failed: {source}")]
+    /// The upstream failed (connect, TLS, timeout, 5xx, protocol); the message names the
+    /// upstream, the host and the root cause.
+    #[error("upstream {upstream} failed: {source}")]
     Upstream {
         /// Upstream name.
         upstream: String,
@@ -188,7 +189,8 @@ impl Error {
                 source: U::Timeout(_), ..
             } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
             Error::Upstream {
-                source: U::CircuitOpen, ..
+                source: U::CircuitOpen { .. },
+                ..
             } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Upstream { .. } | Error::BadContent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             Error::Store(_) | Error::TaskFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
@@ -249,7 +251,7 @@ impl Error {
                 h.insert(RETRY_AFTER, v.clone());
             }
             Error::Upstream {
-                source: upstream::Error::CircuitOpen,
+                source: upstream::Error::CircuitOpen { .. },
                 ..
             } => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("10"));
@@ -326,7 +328,7 @@ mod tests {
             (
                 Error::Upstream {
                     upstream: "u".into(),
-                    source: upstream::Error::Timeout("headers"),
+                    source: upstream::Error::Timeout("headers".into()),
                 },
                 504,
                 "UNAVAILABLE",
@@ -334,7 +336,10 @@ mod tests {
             (
                 Error::Upstream {
                     upstream: "u".into(),
-                    source: upstream::Error::CircuitOpen,
+                    source: upstream::Error::CircuitOpen {
+                        since: "12:03:04".into(),
+                        cause: "connect to up:443: connection refused".into(),
+                    },
                 },
                 503,
                 "UNAVAILABLE",

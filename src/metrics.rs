@@ -33,6 +33,8 @@ pub struct Metrics {
     pub coalesced: IntCounterVec,
     /// `berth_upstream_errors_total{upstream,reason}`
     pub upstream_errors: IntCounterVec,
+    /// `berth_upstream_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open
+    pub upstream_circuit_state: IntGaugeVec,
     /// `berth_upstream_ratelimit_limit{upstream}`
     pub ratelimit_limit: IntGaugeVec,
     /// `berth_upstream_ratelimit_remaining{upstream}`
@@ -171,6 +173,12 @@ impl Metrics {
                 "berth_upstream_errors_total",
                 "Upstream failures by reason",
                 &["upstream", "reason"],
+            ),
+            upstream_circuit_state: gauge(
+                &r,
+                "berth_upstream_circuit_state",
+                "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open",
+                &["upstream"],
             ),
             ratelimit_limit: gauge(
                 &r,

@@ -262,6 +262,11 @@ async fn healthcheck_exits_zero_only_when_berth_answers() {
         .await
         .unwrap();
     assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("Connection refused") && !err.contains("client error (Connect)"),
+        "the error chain down to its root cause: {err}"
+    );
 }
 
 #[test]

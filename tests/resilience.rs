@@ -220,3 +220,61 @@ async fn the_circuit_opens_when_the_upstream_dies_and_closes_when_it_returns() {
     );
     assert!(fake.total_hits() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_stays_closed_when_one_path_always_answers_500() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/good", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let bad = "/v2/library/bad/manifests/v1";
+    fake.state.path_status.lock().unwrap().insert(bad.into(), 500);
+    let extra = "retries = 1\ncircuit_failures = 2\ncircuit_cooldown = \"1m\"\n";
+    let proxy = TestProxy::start(&fake.url(), extra).await;
+    for i in 0..100 {
+        let r = get(&proxy.url(bad), &[ACCEPT]).await;
+        assert_eq!(r.status, 502, "request {i} for the failing path");
+    }
+    assert!(fake.hits("GET", bad) >= 100, "every request reached the upstream");
+    let m = get(&proxy.url("/v2/library/good/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(m.status, 200, "another, uncached image still pulls");
+    let layer = m.json()["layers"][0]["digest"].as_str().unwrap().to_string();
+    let b = get(&proxy.url(&format!("/v2/library/good/blobs/{layer}")), &[]).await;
+    assert_eq!(b.status, 200, "and its layer");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("berth_upstream_circuit_state{upstream=\"hub\"} 0"),
+        "circuit closed:\n{metrics}"
+    );
+    assert!(fake.hits("GET", "/v2/") >= 1, "the 500s were checked against /v2/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_name_the_host_and_cause_when_the_circuit_is_open() {
+    let fake = FakeRegistry::start().await;
+    let extra = "retries = 0\ncircuit_failures = 2\ncircuit_cooldown = \"1m\"\n";
+    let proxy = TestProxy::start(&fake.url(), extra).await;
+    let host = fake.addr.to_string();
+    fake.stop();
+    let message = |r: &Reply| r.json()["errors"][0]["message"].as_str().unwrap().to_string();
+    let first = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(first.status, 502);
+    let text = message(&first);
+    assert!(
+        text.contains("upstream hub") && text.contains(&format!("connect to {host}")) && text.contains("refused"),
+        "names upstream, host and root cause: {text}"
+    );
+    get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    let open = get(&proxy.url("/v2/library/app/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(open.status, 503);
+    let text = message(&open);
+    assert!(
+        text.contains("circuit open since ")
+            && text.contains(&format!("after: connect to {host}"))
+            && text.contains("refused"),
+        "the open circuit keeps the last real cause: {text}"
+    );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("berth_upstream_circuit_state{upstream=\"hub\"} 1"),
+        "circuit open:\n{metrics}"
+    );
+}

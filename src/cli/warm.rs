@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use super::{human_bytes, CliError, ImageRef};
 use crate::config::Config;
 use crate::oci::MANIFEST_TYPES;
+use crate::upstream::error_chain;
 
 /// EX_UNAVAILABLE: the server could not be reached.
 const EXIT_UNAVAILABLE: u8 = 69;
@@ -53,12 +54,15 @@ async fn get(
         .header("accept", MANIFEST_TYPES.join(", "))
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = c.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = c
+        .request(req)
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("{url}: transfer broke: {e}"))?;
+        let frame = frame.map_err(|e| format!("{url}: transfer broke: {}", error_chain(&e)))?;
         if let Some(d) = frame.data_ref() {
             progress(d.len() as u64);
             if keep || !status.is_success() {

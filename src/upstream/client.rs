@@ -158,9 +158,13 @@ impl HttpClient {
             let mut req = Request::builder().method(method.clone()).uri(url.clone());
             *req.headers_mut().expect("builder has no error yet") = headers.clone();
             let req = req.body(Empty::new()).map_err(|e| Error::Protocol(e.to_string()))?;
+            let host = url.authority().map_or("?", |a| a.as_str()).to_string();
             let resp = match tokio::time::timeout(self.header_timeout, self.inner.request(req)).await {
-                Err(_) => return Err(Error::Timeout("response headers")),
-                Ok(Err(e)) => return Err(classify(e)),
+                Err(_) => {
+                    let waited = humantime::format_duration(self.header_timeout);
+                    return Err(Error::Timeout(format!("response headers from {host} ({waited})")));
+                }
+                Ok(Err(e)) => return Err(classify(e, &host)),
                 Ok(Ok(r)) => r,
             };
             if !resp.status().is_redirection() || resp.status() == http::StatusCode::NOT_MODIFIED {
@@ -216,21 +220,30 @@ fn redirect_target(from: &Uri, location: Option<&HeaderValue>, trusted: &HashSet
     Ok(next)
 }
 
-fn classify(e: hyper_util::client::legacy::Error) -> Error {
-    use std::error::Error as _;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+/// An error and its sources, outermost first, joined with `": "`, skipping hyper's generic
+/// wrappers ("client error (Connect)") that say nothing a source does not.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        let generic = text.starts_with("client error (") || text.starts_with("error trying to connect");
+        if !generic || err.source().is_none() {
+            parts.push(text);
+        }
+        next = err.source();
     }
+    parts.join(": ")
+}
+
+fn classify(e: hyper_util::client::legacy::Error, host: &str) -> Error {
+    let msg = error_chain(&e);
     if msg.contains("timed out") {
-        Error::Timeout("connect")
+        Error::Timeout(format!("a connection to {host}"))
     } else if e.is_connect() {
-        Error::Connect(msg)
+        Error::Connect(format!("to {host}: {msg}"))
     } else {
-        Error::Protocol(msg)
+        Error::Protocol(format!("{host}: {msg}"))
     }
 }
 

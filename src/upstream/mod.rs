@@ -21,8 +21,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::Incoming;
 
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
-pub use breaker::{parse_retry_after, Admit, Breaker};
-pub use client::{is_public, HttpClient};
+pub use breaker::{parse_retry_after, Admit, Breaker, CircuitState, Failure, Opened, Verdict};
+pub use client::{error_chain, is_public, HttpClient};
 use request::{check_status, header_string};
 pub use request::{content_length, encode_query, read_capped};
 pub use set::{RouteError, UpstreamSet};
@@ -34,12 +34,12 @@ use crate::oci::{Digest, RepoName, MAX_MANIFEST_BYTES};
 /// What went wrong talking to an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// TCP, DNS or TLS failure.
-    #[error("connect: {0}")]
+    /// TCP, DNS or TLS failure: `to host:port: root cause`.
+    #[error("connect {0}")]
     Connect(String),
-    /// No answer in time.
+    /// No answer in time: what was awaited, from which host.
     #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
+    Timeout(String),
     /// An unexpected status.
     #[error("unexpected status {0}")]
     Status(u16),
@@ -65,8 +65,13 @@ pub enum Error {
     #[error("redirect: {0}")]
     Redirect(String),
     /// The upstream is failing; berth is not trying it for a while.
-    #[error("upstream unavailable (circuit open)")]
-    CircuitOpen,
+    #[error("circuit open since {since} after: {cause}")]
+    CircuitOpen {
+        /// UTC time of day the circuit opened (`HH:MM:SS`).
+        since: String,
+        /// The failure that opened it.
+        cause: String,
+    },
 }
 
 /// The request families, for metrics.
@@ -154,7 +159,7 @@ impl Upstream {
             .iter()
             .any(|a| hub_names.contains(&a.to_ascii_lowercase().as_str()))
             || cfg.url.host() == Some("registry-1.docker.io");
-        Ok(Upstream {
+        let up = Upstream {
             name: name.to_string(),
             base: cfg.url.clone(),
             client,
@@ -169,7 +174,9 @@ impl Upstream {
             client_credentials: cfg.client_credentials,
             client_check_ttl: cfg.client_check_ttl,
             metrics,
-        })
+        };
+        up.record_circuit();
+        Ok(up)
     }
 
     /// The config name (metrics label, store directory).

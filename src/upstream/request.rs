@@ -14,7 +14,9 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{parse_challenge, parse_retry_after, realm_allowed, Admit, Challenge, Error, Kind, Upstream};
+use super::{
+    parse_challenge, parse_retry_after, realm_allowed, Admit, Challenge, Error, Failure, Kind, Upstream, Verdict,
+};
 use crate::config::Secret;
 use crate::oci::RepoName;
 
@@ -98,11 +100,17 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Error> {
         let mut attempt = 0;
         loop {
-            match self.breaker.admit(Instant::now()) {
+            let admitted = self.breaker.admit(Instant::now());
+            self.record_circuit();
+            match admitted {
                 Admit::Yes => {}
-                Admit::CircuitOpen => {
+                Admit::CircuitOpen(opened) => {
                     self.count_error("circuit_open");
-                    return Err(Error::CircuitOpen);
+                    let since = humantime::format_rfc3339_seconds(opened.since).to_string();
+                    return Err(Error::CircuitOpen {
+                        since: since.get(11..19).unwrap_or(&since).to_string(),
+                        cause: opened.cause,
+                    });
                 }
                 Admit::Throttled(wait) => {
                     self.count_error("throttled");
@@ -120,7 +128,10 @@ impl Upstream {
             let retryable = match &resp {
                 Ok(r) if r.status().is_server_error() => {
                     self.count_error("status_5xx");
-                    self.breaker.failure(Instant::now());
+                    let cause = format!("{} answered status {}", host_of(url), r.status().as_u16());
+                    if self.breaker.failure(Instant::now(), Failure::Status, &cause) == Verdict::Confirm {
+                        self.confirm_health(cause).await;
+                    }
                     true
                 }
                 Ok(r) => {
@@ -139,14 +150,15 @@ impl Upstream {
                     } else {
                         "connect"
                     });
-                    if self.breaker.failure(Instant::now()) {
-                        tracing::warn!(upstream = %self.name, "upstream keeps failing: circuit open");
+                    if self.breaker.failure(Instant::now(), Failure::Transport, &e.to_string()) == Verdict::Opened {
+                        tracing::warn!(upstream = %self.name, error = %e, "upstream keeps failing: circuit open");
                     }
                     // A timeout already cost the full wait; do not double it.
                     matches!(e, Error::Connect(_))
                 }
                 Err(_) => false,
             };
+            self.record_circuit();
             if !retryable || attempt >= self.retries || self.breaker.is_open() {
                 return resp;
             }
@@ -155,6 +167,30 @@ impl Upstream {
             let base = 100u64 << (attempt - 1).min(5);
             tokio::time::sleep(Duration::from_millis(base / 2 + fastrand::u64(..=base))).await;
         }
+    }
+
+    /// 5xx keep coming: is it the upstream, or only what clients ask for? Ask its `/v2/`
+    /// (any answer below 500, 401 included, means it is alive) and let the breaker decide.
+    async fn confirm_health(&self, last: String) {
+        let probe = match self.url("/v2/") {
+            Ok(url) => match self.client.send(Method::GET, url, HeaderMap::new()).await {
+                Ok(r) if !r.status().is_server_error() => Ok(()),
+                Ok(r) => Err(format!("{last}; GET /v2/ answered status {}", r.status().as_u16())),
+                Err(e) => Err(format!("{last}; GET /v2/: {e}")),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if self.breaker.confirmed(Instant::now(), probe) {
+            tracing::warn!(upstream = %self.name, "upstream answers 5xx to /v2/ as well: circuit open");
+        }
+    }
+
+    /// Publish the breaker's position as `berth_upstream_circuit_state{upstream}`.
+    pub(super) fn record_circuit(&self) {
+        self.metrics
+            .upstream_circuit_state
+            .with_label_values(&[&self.name])
+            .set(self.breaker.state() as i64);
     }
 
     fn count_error(&self, reason: &str) {
@@ -247,6 +283,10 @@ pub async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, Error>
         }
     }
     Ok(buf.freeze())
+}
+
+fn host_of(url: &Uri) -> &str {
+    url.authority().map_or("?", |a| a.as_str())
 }
 
 pub(super) fn header_string(h: &HeaderMap, name: &str) -> Option<String> {

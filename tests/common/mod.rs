@@ -76,6 +76,8 @@ pub struct FakeState {
     pub basic_also: Mutex<Vec<String>>,
     /// Bearer realm to advertise instead of our own /token.
     pub realm: Mutex<Option<String>>,
+    /// Paths that always answer this status (a request the registry chokes on).
+    pub path_status: Mutex<HashMap<String, u16>>,
 }
 
 pub struct FakeRegistry {
@@ -263,6 +265,9 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
     if path == "/token" {
         let token = st.token.lock().unwrap().clone().unwrap_or_default();
         return Response::new(full(format!("{{\"token\":\"{token}\",\"expires_in\":300}}")));
+    }
+    if let Some(status) = st.path_status.lock().unwrap().get(&path).copied() {
+        return oci_error(status, "UNKNOWN");
     }
     let fault = st.global_fault.lock().unwrap().clone();
     match fault {
