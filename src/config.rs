@@ -319,6 +319,10 @@ pub struct UpstreamConfig {
     /// How long a successful (or refused) client-credential check is remembered.
     #[serde(default = "default_client_check_ttl", deserialize_with = "duration")]
     pub client_check_ttl: Duration,
+    /// How long a blob fill whose upstream broke mid-body keeps resuming (with backoff) while
+    /// its readers wait, so a short upstream restart does not break every client's download.
+    #[serde(default = "default_fill_resume_window", deserialize_with = "duration")]
+    pub fill_resume_window: Duration,
 }
 
 fn default_client_check_ttl() -> Duration {
@@ -335,6 +339,10 @@ fn default_circuit_failures() -> u32 {
 
 fn default_circuit_cooldown() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_fill_resume_window() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_connect_timeout() -> Duration {

@@ -22,7 +22,10 @@ fn assert_no_clean_wrong_answer(r: &Reply, good: &Bytes, what: &str) {
 async fn faulty_blob_transfers_are_never_stored_and_next_pull_succeeds() {
     let cases: Vec<(&str, Vec<Fault>)> = vec![
         ("wrong bytes", vec![Fault::WrongBytes]),
-        ("reset on every attempt", vec![Fault::ResetAfter(100_000); 4]),
+        (
+            "reset, and the resume breaks before a byte",
+            vec![Fault::ResetAfter(100_000), Fault::ResetAfter(0)],
+        ),
         ("status 500 on every attempt", vec![Fault::Status(500, None); 3]),
         ("status 503 on every attempt", vec![Fault::Status(503, None); 3]),
     ];
@@ -33,7 +36,8 @@ async fn faulty_blob_transfers_are_never_stored_and_next_pull_succeeds() {
         for f in faults {
             fake.fault(&d, f);
         }
-        let proxy = TestProxy::start(&fake.url(), "").await;
+        // No resume window: a resume that makes no progress ends the fill at once.
+        let proxy = TestProxy::start(&fake.url(), "fill_resume_window = \"0s\"\n").await;
         let url = proxy.url(&format!("/v2/library/app/blobs/{d}"));
         let r = get(&url, &[]).await;
         assert!(r.status != 200 || r.body.is_err(), "{what}: got a clean {}", r.status);
@@ -180,4 +184,56 @@ async fn redirects_are_followed_without_leaking_to_private_hosts() {
         0,
         "private host never dialled"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_fill_resumes_when_the_upstream_restarts_mid_transfer() {
+    use http_body_util::BodyExt;
+    let fake = FakeRegistry::start().await;
+    let blob = random_bytes(2 << 20);
+    let d = fake.put_blob(blob.clone());
+    // 32 chunks of 64 KiB, 20 ms apart: the transfer is still running when the upstream dies.
+    fake.set_chunk_delay(Duration::from_millis(20));
+    let extra = "fill_resume_window = \"20s\"\ncircuit_cooldown = \"1s\"\n";
+    let proxy = TestProxy::start(&fake.url(), extra).await;
+    let uri: http::Uri = proxy.url(&format!("/v2/library/app/blobs/{d}")).parse().unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(uri.path())
+        .header("host", uri.authority().unwrap().as_str())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = body.frame().await.unwrap().unwrap().into_data().unwrap().to_vec();
+    assert!(got.len() < blob.len(), "the transfer is under way");
+    fake.stop();
+    // Wait (bounded) until berth has tried to resume against the closed port at least twice.
+    let failed_resumes = || async {
+        let m = proxy.metrics().await;
+        m.lines()
+            .find(|l| l.starts_with("berth_upstream_requests_total{code=\"error\",kind=\"blob\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut tries = 0;
+    while failed_resumes().await < 2 {
+        tries += 1;
+        assert!(tries < 500, "berth never tried to resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _fake = fake.restart().await;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the client's transfer continues after the upstream restart");
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(got.len(), blob.len());
+    assert!(got == blob.as_ref(), "every byte, verified");
+    proxy.wait_committed(1).await;
 }

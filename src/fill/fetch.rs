@@ -1,9 +1,9 @@
 //! The upstream side of a fill: create the spool, GET the blob (resuming with `Range` after a
-//! mid-body failure), hand each received frame to a writer thread that writes it into the
-//! spool (which hashes it), so receiving, hashing and writing overlap, and verify the spool at
-//! the end.
+//! mid-body failure, with backoff, for up to the upstream's `fill_resume_window` while readers
+//! wait), hand each received frame to a writer thread that writes it into the spool (which
+//! hashes it), so receiving, hashing and writing overlap, and verify the spool at the end.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::CONTENT_RANGE;
@@ -15,10 +15,10 @@ use super::{Fill, Fills, Progress};
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
 use crate::store::{Spool, VerifiedSpool, CHUNK};
-use crate::upstream::{content_length, Upstream};
+use crate::upstream::{self, content_length, Upstream};
 
-/// Resumed upstream requests per fill after a mid-body failure.
-const MAX_RESUMES: u32 = 3;
+/// Longest wait between two resume attempts of a broken fill.
+const MAX_RESUME_BACKOFF: Duration = Duration::from_secs(2);
 /// An upstream body that sends nothing for this long is treated as broken (and resumed).
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for the writer; bounds the memory a fill holds (frames are 8-64 KiB).
@@ -88,10 +88,21 @@ async fn receive(
     let writer_gone = || Error::TaskFailed("fill writer");
     let mut sent: u64 = 0;
     let mut total: Option<u64> = None;
-    let mut resumes = 0;
+    let mut started = false;
+    let mut broken: Option<Break> = None;
     loop {
-        let resp = upstream.fetch_blob(repo, digest, sent).await;
-        let resp = resp.map_err(|e| Error::from_upstream(upstream.name(), repo, e))?;
+        let resp = match upstream.fetch_blob(repo, digest, sent).await {
+            Ok(r) => r,
+            // The first request's failure goes to the client; a resume keeps trying.
+            Err(e) if is_transient(&e) => match broken.as_mut() {
+                Some(b) => {
+                    b.wait(upstream, digest, e.to_string()).await?;
+                    continue;
+                }
+                None => return Err(Error::from_upstream(upstream.name(), repo, e)),
+            },
+            Err(e) => return Err(Error::from_upstream(upstream.name(), repo, e)),
+        };
         let Some(resp) = resp else {
             return Err(Error::BlobUnknown(digest.to_string()));
         };
@@ -107,7 +118,8 @@ async fn receive(
                 content_length(resp.headers())
             };
         }
-        if resumes == 0 {
+        if !started {
+            started = true;
             if let Some(n) = total {
                 if !fills.evictor.reserve(n).await? {
                     return Err(Error::Uncacheable);
@@ -117,6 +129,7 @@ async fn receive(
             tx.send_modify(|p| *p = Progress::Streaming { written: 0, total });
         }
         let mut body = resp.into_body();
+        let mut progressed = false;
         let outcome: Result<(), String> = loop {
             let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
                 Err(_) => break Err("upstream body stalled".into()),
@@ -127,23 +140,72 @@ async fn receive(
             let Ok(data) = frame.into_data() else { continue };
             upstream.record_blob_bytes(data.len() as u64);
             sent += data.len() as u64;
+            progressed |= !data.is_empty();
             wtx.send(WriteOp::Data(data)).await.map_err(|_| writer_gone())?;
         };
         if outcome.is_ok() && total.is_none_or(|t| sent == t) {
             return Ok(());
         }
-        if total.is_some_and(|t| sent > t) || resumes >= MAX_RESUMES {
-            let reason = outcome
-                .err()
-                .unwrap_or_else(|| format!("size {sent} does not match {total:?}"));
+        let reason = outcome
+            .err()
+            .unwrap_or_else(|| format!("size {sent} does not match {total:?}"));
+        if total.is_some_and(|t| sent > t) {
             return Err(Error::BadContent {
                 upstream: upstream.name().into(),
                 reference: digest.to_string(),
                 reason,
             });
         }
-        resumes += 1;
+        // A new break, or bytes arrived since the last one: the window starts afresh.
+        match broken.as_mut() {
+            Some(b) if !progressed => b.wait(upstream, digest, reason).await?,
+            _ => broken = Some(Break::new(upstream.fill_resume_window())),
+        }
         tracing::info!(upstream = upstream.name(), digest = %digest, offset = sent, "resuming blob fill");
+    }
+}
+
+/// Upstream failures worth another resume attempt: the upstream may be restarting.
+fn is_transient(e: &upstream::Error) -> bool {
+    use upstream::Error as U;
+    match e {
+        U::Connect(_) | U::Timeout(_) | U::CircuitOpen { .. } | U::Protocol(_) | U::Throttled(_) => true,
+        U::Status(code) => *code >= 500,
+        _ => false,
+    }
+}
+
+/// A fill whose upstream broke: resume attempts back off until the window has passed.
+struct Break {
+    deadline: Instant,
+    attempts: u32,
+}
+
+impl Break {
+    fn new(window: Duration) -> Break {
+        Break {
+            deadline: Instant::now() + window,
+            attempts: 0,
+        }
+    }
+
+    /// Another attempt failed with `reason`: wait before the next one (100 ms, 200 ms, ... up
+    /// to [`MAX_RESUME_BACKOFF`]), or give up once the window has passed.
+    async fn wait(&mut self, upstream: &Upstream, digest: &Digest, reason: String) -> Result<(), Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let window = humantime::format_duration(upstream.fill_resume_window());
+            return Err(Error::BadContent {
+                upstream: upstream.name().into(),
+                reference: digest.to_string(),
+                reason: format!("transfer broke and did not resume within {window}: {reason}"),
+            });
+        }
+        let backoff = Duration::from_millis(100 << self.attempts.min(5)).min(MAX_RESUME_BACKOFF);
+        self.attempts += 1;
+        tracing::debug!(upstream = upstream.name(), digest = %digest, error = %reason, "blob fill resume failed");
+        tokio::time::sleep(backoff.min(left)).await;
+        Ok(())
     }
 }
 

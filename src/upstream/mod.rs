@@ -133,6 +133,7 @@ pub struct Upstream {
     is_docker_hub: bool,
     manifest_ttl: Duration,
     retries: u32,
+    fill_resume_window: Duration,
     breaker: Breaker,
     client_credentials: ClientCredentials,
     client_check_ttl: Duration,
@@ -170,6 +171,7 @@ impl Upstream {
             is_docker_hub,
             manifest_ttl,
             retries: cfg.retries,
+            fill_resume_window: cfg.fill_resume_window,
             breaker: Breaker::new(cfg.circuit_failures, cfg.circuit_cooldown),
             client_credentials: cfg.client_credentials,
             client_check_ttl: cfg.client_check_ttl,
@@ -207,6 +209,11 @@ impl Upstream {
     /// How long a tag answer from this upstream is trusted.
     pub fn manifest_ttl(&self) -> Duration {
         self.manifest_ttl
+    }
+
+    /// How long a blob fill broken mid-body keeps resuming.
+    pub fn fill_resume_window(&self) -> Duration {
+        self.fill_resume_window
     }
 
     async fn manifest_request(
