@@ -194,7 +194,7 @@ async fn blob_fill_resumes_when_the_upstream_restarts_mid_transfer() {
     let d = fake.put_blob(blob.clone());
     // 32 chunks of 64 KiB, 20 ms apart: the transfer is still running when the upstream dies.
     fake.set_chunk_delay(Duration::from_millis(20));
-    let extra = "fill_resume_window = \"20s\"\ncircuit_cooldown = \"1s\"\n";
+    let extra = "fill_resume_window = \"20s\"\nretries = 0\ncircuit_cooldown = \"1s\"\n";
     let proxy = TestProxy::start(&fake.url(), extra).await;
     let uri: http::Uri = proxy.url(&format!("/v2/library/app/blobs/{d}")).parse().unwrap();
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -212,7 +212,8 @@ async fn blob_fill_resumes_when_the_upstream_restarts_mid_transfer() {
     let mut got = body.frame().await.unwrap().unwrap().into_data().unwrap().to_vec();
     assert!(got.len() < blob.len(), "the transfer is under way");
     fake.stop();
-    // Wait (bounded) until berth has tried to resume against the closed port at least twice.
+    // Wait (bounded) until berth has tried to resume against the closed port three times (one
+    // request per attempt with retries = 0): more than one failed resume.
     let failed_resumes = || async {
         let m = proxy.metrics().await;
         m.lines()
@@ -221,9 +222,9 @@ async fn blob_fill_resumes_when_the_upstream_restarts_mid_transfer() {
             .unwrap_or(0)
     };
     let mut tries = 0;
-    while failed_resumes().await < 2 {
+    while failed_resumes().await < 3 {
         tries += 1;
-        assert!(tries < 500, "berth never tried to resume");
+        assert!(tries < 500, "berth stopped resuming");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _fake = fake.restart().await;
