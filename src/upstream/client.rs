@@ -22,6 +22,8 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::Error;
 
@@ -114,7 +116,7 @@ impl HttpClient {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = ca_pem {
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| format!("ca_file: {e}"))?;
                 roots.add(cert).map_err(|e| format!("ca_file: {e}"))?;
             }
@@ -250,6 +252,42 @@ fn classify(e: hyper_util::client::legacy::Error, host: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed CA certificate (openssl req -x509, P-256, CN=berth-test-ca).
+    const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBhjCCAS2gAwIBAgIUS2ikSelBH0fTkTiXtR75kF844dkwCgYIKoZIzj0EAwIw
+GDEWMBQGA1UEAwwNYmVydGgtdGVzdC1jYTAgFw0yNjEyMDMyMDIxMTVaGA8yMTI2
+MTEwOTIwMjExNVowGDEWMBQGA1UEAwwNYmVydGgtdGVzdC1jYTBZMBMGByqGSM49
+AgEGCCqGSM49AwEHA0IABGm7hJBFy/JmPGhuAoJWZZMW0sAfreZkAo7oIvsXE0Q4
+kpF76Xrsz3T+ySFQQti8STbqznUQ37PALkkRHxp7hK+jUzBRMB0GA1UdDgQWBBR+
+7so4uVXGQA3OUgC0w8DFA1w5ijAfBgNVHSMEGDAWgBR+7so4uVXGQA3OUgC0w8DF
+A1w5ijAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIFTS/94X2xEM
+YRXUoTSA2GG9vxwsWFkh2S0AzBPPWPbnAiAqk4DkjCD99iUlCsNTgyj+aNPMUBlC
+71akLK1kwOHvMQ==
+-----END CERTIFICATE-----
+";
+
+    fn client_with_ca(pem: &str) -> Result<HttpClient, String> {
+        let t = Duration::from_secs(1);
+        HttpClient::new(Arc::new(HashSet::new()), Some(pem.as_bytes()), t, t)
+    }
+
+    #[test]
+    fn http_client_accepts_ca_file_when_pem_holds_a_certificate() {
+        let bundle = format!("some text before\n{TEST_CA_PEM}");
+        assert!(client_with_ca(&bundle).is_ok());
+    }
+
+    #[test]
+    fn http_client_names_ca_file_when_pem_is_malformed() {
+        let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let not_a_cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        for pem in [bad_base64, not_a_cert] {
+            let err = client_with_ca(pem).err().expect("malformed PEM is refused");
+            assert!(err.starts_with("ca_file: "), "{err}");
+        }
+    }
 
     #[test]
     fn redirects_are_limited_to_safe_targets() {
