@@ -290,6 +290,61 @@ for sm in of("ServiceMonitor"):
 for pr in of("PrometheusRule"):
     rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
     check("PrometheusRule rules have alert and expr", rules and all("alert" in r and "expr" in r for r in rules))
+    alerts = {r.get("alert") for r in rules}
+    want = {"BerthUpstreamCircuitOpen", "BerthStorageUnwritable", "BerthStorageNearCap", "BerthHitRatioCollapsed"}
+    check("PrometheusRule has the breaker, store, disk and hit ratio alerts", want <= alerts, f"missing {want - alerts}")
+    exprs = " ".join(str(r["expr"]) for r in rules)
+    check("PrometheusRule expressions are fully rendered (no template text, no empty threshold)",
+          "{{" not in exprs and "<nil>" not in exprs and not re.search(r"[<>]=?\s*(?:\*|$)", exprs, re.M), exprs[:300])
+
+chart_dir = os.environ["CHART_DIR"]
+repo_root = os.path.dirname(os.path.dirname(chart_dir))
+# Grafana dashboard ConfigMap: the sidecar label, and the very file deploy/grafana ships.
+for cm in [c for c in cms if "berth-dashboard.json" in c.get("data", {})]:
+    check("dashboard ConfigMap has the grafana_dashboard sidecar label", cm["metadata"]["labels"].get("grafana_dashboard") == "1")
+    shipped = open(os.path.join(repo_root, "deploy/grafana/berth-dashboard.json")).read()
+    body = cm["data"]["berth-dashboard.json"]
+    check("dashboard ConfigMap holds deploy/grafana/berth-dashboard.json unchanged", body.strip() == shipped.strip())
+
+# node-config DaemonSet: script, host path, address and registries; no Service selects it.
+for ds in of("DaemonSet"):
+    dpod = ds["spec"]["template"]
+    dspec = dpod["spec"]
+    check("node-config selector matches its pod labels", sub(ds["spec"]["selector"]["matchLabels"], dpod["metadata"]["labels"]))
+    for svc in of("Service"):
+        check(f"Service {svc['metadata']['name']} does not select the node-config pods",
+              not sub(svc["spec"].get("selector", {}), dpod["metadata"]["labels"]))
+    dc = dspec["containers"][0]
+    env = {e["name"]: e for e in dc.get("env", [])}
+    mounts = {m["name"]: m["mountPath"] for m in dc["volumeMounts"]}
+    vols = {v["name"]: v for v in dspec["volumes"]}
+    host = vols.get("certs-d", {}).get("hostPath", {})
+    check("node-config mounts the containerd config path from the host at CONFIG_PATH",
+          host.get("path", "").startswith("/") and mounts.get("certs-d") == env["CONFIG_PATH"]["value"], str(host))
+    script = open(os.path.join(chart_dir, "files/configure-containerd.sh")).read()
+    scm = [c for c in cms if c["metadata"]["name"] == vols["script"]["configMap"]["name"]]
+    check("node-config script ConfigMap holds files/configure-containerd.sh",
+          len(scm) == 1 and scm[0]["data"]["configure-containerd.sh"].strip() == script.strip())
+    check("node-config runs the script in run mode", dc["command"][-2:] == ["/scripts/configure-containerd.sh", "run"], str(dc["command"]))
+    mirror = env["MIRROR"]["value"]
+    host_ip = env.get("HOST_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    check("node-config mirror is an http(s) address every node reaches (its own IP + NodePort, or set explicitly)",
+          re.fullmatch(r"https?://[^/]+", mirror) and ("$(HOST_IP)" not in mirror or host_ip == "status.hostIP"), mirror)
+    if "$(HOST_IP)" in mirror:
+        nodeports = [p.get("nodePort") for s2 in of("Service") for p in s2["spec"]["ports"] if p.get("nodePort")]
+        check("node-config mirror uses the Service's nodePort", any(mirror.endswith(f":{n}") for n in nodeports), f"{mirror} vs {nodeports}")
+    pairs = dict(p.split("=", 1) for p in env["REGISTRIES"]["value"].split())
+    if cfg:
+        aliases = {a: up["url"] for up in cfg.get("upstreams", {}).values() for a in up.get("aliases", [])}
+        check("node-config registries are configured aliases with their upstream url as fallback",
+              pairs and all(aliases.get(a) == u for a, u in pairs.items()), str(pairs))
+    dsc = dc.get("securityContext", {})
+    check("node-config container: read-only root, no privilege escalation, drops ALL",
+          dsc.get("readOnlyRootFilesystem") is True and dsc.get("allowPrivilegeEscalation") is False
+          and "ALL" in dsc.get("capabilities", {}).get("drop", []))
+    check("node-config pods tolerate every taint by default or as configured", "tolerations" in dspec)
+    open(os.path.join(secrets_root, "node-config.env"), "w").write(
+        f"MIRROR={mirror.replace('$(HOST_IP)', '192.0.2.7')}\nREGISTRIES={env['REGISTRIES']['value']}\nOWNER={env['OWNER']['value']}\n")
 
 for n, ok, why in results:
     print(("PASS " if ok else "FAIL ") + f"[{label}] {n}" + ("" if ok else f": {why}"))
@@ -339,7 +394,7 @@ for entry in "${sets[@]}"; do
             FAIL*) fail "${line#FAIL }" ;;
             *) printf '%s\n' "$line" ;;
         esac
-    done < <("$PY" "$WORK/check.py" "$rendered" "$name" "$WORK/$name.cc" 2>&1 || echo "FAIL [$name] consistency checks crashed")
+    done < <(CHART_DIR=$CHART_DIR "$PY" "$WORK/check.py" "$rendered" "$name" "$WORK/$name.cc" 2>&1 || echo "FAIL [$name] consistency checks crashed")
     if [[ -f $WORK/$name.cc/config.toml ]]; then
         if [[ -n ${BERTH_BIN:-} ]]; then
             envs=()
@@ -381,6 +436,67 @@ reject "TLS without a Secret" "tls.enabled needs tls.existingSecret" --set tls.e
 reject "an unknown client_auth" "/tls/clientCA/clientAuth" --set tls.clientCA.clientAuth=sometimes
 reject "existingClaim shared by 2 StatefulSet replicas" "existingClaim works with one replica" \
     --set persistence.existingClaim=c --set replicaCount=2
+
+reject "nodeConfig without an address every node reaches" "nodeConfig needs an address every node reaches" \
+    --set nodeConfig.enabled=true
+reject "nodeConfig for a registry berth has no upstream for" "nodeConfig.registries: example.org is not an alias" \
+    --set nodeConfig.enabled=true --set nodeConfig.mirror=http://10.96.100.50:5000 --set 'nodeConfig.registries={docker.io,example.org}'
+
+# --- the node-config script against a temp dir as containerd's config_path ----------------------
+# With the MIRROR/REGISTRIES/OWNER the DaemonSet of ci/node-config-values.yaml gets (node IP 192.0.2.7).
+script_test() {
+    local envfile=$WORK/node-config.cc/node-config.env script=$CHART_DIR/files/configure-containerd.sh
+    if [[ ! -f $envfile ]]; then fail "node-config script: no rendered DaemonSet env (ci/node-config-values.yaml)"; return; fi
+    local certs=$WORK/certs.d
+    mkdir -p "$certs/docker.io" "$certs/example.com"
+    printf 'server = "https://hand-written.example"\n' >"$certs/docker.io/hosts.toml"     # by hand: keep
+    printf 'server = "https://example.com"\n' >"$certs/example.com/hosts.toml"            # unrelated: keep
+    local -a env=(CONFIG_PATH="$certs")
+    while IFS= read -r line; do env+=("$line"); done <"$envfile"
+    local registries mirror
+    registries=$(sed -n 's/^REGISTRIES=//p' "$envfile")
+    mirror=$(sed -n 's/^MIRROR=//p' "$envfile")
+    local out
+    if ! out=$(env "${env[@]}" sh "$script" install 2>&1); then fail "node-config script install"; printf '%s\n' "$out"; return; fi
+    local ok=1 pair reg url
+    for pair in $registries; do
+        reg=${pair%%=*} url=${pair#*=}
+        [[ $reg == docker.io ]] && continue
+        "$PY" - "$certs/$reg/hosts.toml" "$url" "$mirror" <<'PYCHK' || ok=0
+import sys, tomllib
+doc = tomllib.load(open(sys.argv[1], "rb"))
+assert doc["server"] == sys.argv[2], doc
+assert doc["host"][sys.argv[3]]["capabilities"] == ["pull", "resolve"], doc
+PYCHK
+    done
+    grep -q hand-written "$certs/docker.io/hosts.toml" || ok=0
+    grep -q 'left alone' <<<"$out" || ok=0
+    [[ $ok == 1 ]] && pass "node-config script writes hosts.toml (mirror $mirror, registry as server) for each registry, keeps hand-written files" \
+        || { fail "node-config script install wrote the wrong files"; ls -R "$certs"; printf '%s\n' "$out"; }
+    # Re-install with one registry fewer: its file and directory go, the others stay.
+    local last=${registries##* } rest=${registries% *}
+    env "${env[@]}" REGISTRIES="$rest" sh "$script" install >/dev/null 2>&1
+    if [[ ! -e $certs/${last%%=*} && -f $certs/ghcr.io/hosts.toml ]]; then
+        pass "node-config script removes the file of a registry dropped from the list (${last%%=*})"
+    else
+        fail "node-config script removes the file of a registry dropped from the list (${last%%=*})"; ls -R "$certs"
+    fi
+    # run mode: installs, and on SIGTERM (pod deleted) removes its files and exits 0.
+    env "${env[@]}" RESYNC_SECONDS=3600 sh "$script" run >"$WORK/run.log" 2>&1 &
+    local pid=$! i
+    for i in $(seq 100); do grep -q "configured; rewriting" "$WORK/run.log" && break; sleep 0.1; done
+    kill -TERM "$pid"
+    local rc=0; wait "$pid" || rc=$?
+    local left
+    left=$(grep -rl "managed-by: berth node-config" "$certs" || true)
+    if [[ $rc == 0 && -z $left && -f $certs/docker.io/hosts.toml && -f $certs/example.com/hosts.toml ]] \
+        && [[ $(find "$certs" -mindepth 1 -maxdepth 1 -type d | wc -l) == 2 ]]; then
+        pass "node-config script run: on SIGTERM removes its files and empty directories, keeps others, exits 0"
+    else
+        fail "node-config script run/SIGTERM (exit $rc, left: $left)"; ls -R "$certs"; cat "$WORK/run.log"
+    fi
+}
+script_test
 
 # --- NOTES.txt --------------------------------------------------------------------------------
 if notes=$("$HELM" install berth "$CHART_DIR" --dry-run=client --namespace registry \

@@ -212,3 +212,44 @@ storageClassName: {{ .Values.persistence.storageClass | quote }}
 {{- define "berth.clientCertRequired" -}}
 {{- if and .Values.tls.enabled .Values.tls.clientCA.existingSecret (eq .Values.tls.clientCA.clientAuth "required") }}true{{ end }}
 {{- end }}
+
+{{/* node-config DaemonSet: "alias=fallback-url" pairs for every registry it configures. */}}
+{{- define "berth.nodeConfig.registries" -}}
+{{- if .Values.existingConfigMap }}
+{{- fail "nodeConfig: the chart reads the registries from config.upstreams, which existingConfigMap replaces" }}
+{{- end }}
+{{- $want := .Values.nodeConfig.registries | default list }}
+{{- $aliases := list }}
+{{- $pairs := list }}
+{{- range $name, $up := .Values.config.upstreams }}
+{{- range $alias := $up.aliases | default list }}
+{{- $aliases = append $aliases $alias }}
+{{- if or (empty $want) (has $alias $want) }}
+{{- $pairs = append $pairs (printf "%s=%s" $alias $up.url) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $want }}
+{{- if not (has . $aliases) }}
+{{- fail (printf "nodeConfig.registries: %s is not an alias of any upstream in config.upstreams (aliases: %s)" . (join ", " $aliases)) }}
+{{- end }}
+{{- end }}
+{{- join " " $pairs }}
+{{- end }}
+
+{{/* node-config DaemonSet: berth's address as every node reaches it. */}}
+{{- define "berth.nodeConfig.mirror" -}}
+{{- if .Values.nodeConfig.mirror }}
+{{- .Values.nodeConfig.mirror }}
+{{- else if and (has .Values.service.type (list "NodePort" "LoadBalancer")) .Values.service.nodePort }}
+{{- printf "%s://$(HOST_IP):%d" (ternary "https" "http" .Values.tls.enabled) (.Values.service.nodePort | int) }}
+{{- else }}
+{{- fail "nodeConfig needs an address every node reaches: service.type=NodePort (or LoadBalancer) with a fixed service.nodePort, or nodeConfig.mirror (e.g. http://<pinned service.clusterIP>:5000)" }}
+{{- end }}
+{{- end }}
+
+{{/* Pod labels of the node-config DaemonSet: distinct from the berth pods', so no Service selects them. */}}
+{{- define "berth.nodeConfig.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" . }}-node-config
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
