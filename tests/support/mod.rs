@@ -33,7 +33,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Debian packages that provide the tools the e2e tests run.
 const INSTALL_HINT: &str = "run scripts/test.sh (it installs the test tools), or: apt-get install -y \
-     --no-install-recommends docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl";
+     --no-install-recommends docker-registry skopeo podman containerd nginx-light wrk umoci busybox-static jq curl debootstrap docker-compose";
 
 /// Returns the absolute path of `tool` on `PATH`, or panics with an install hint.
 /// End-to-end tests must never pass by skipping.
