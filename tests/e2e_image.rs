@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::cmd::{self, CmdRun};
-use support::docker::{self, docker, lock_daemon};
+use support::docker::{self, docker, lock_daemon, lock_file};
 use support::image::{self, Format, Image};
 use support::registry::Registry;
 use support::skopeo::{assert_dir_has_image, skopeo_copy};
@@ -32,6 +32,10 @@ const IMAGE_REPO: &str = "berth-test/berth";
 const SLOW_STEP: Duration = Duration::from_secs(900);
 /// How long a started container may take to report healthy.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Serialises making the base image and building the berth image. Building does not need the
+/// Docker daemon lock (that guards the daemon's registry-mirrors config), so tests that do
+/// need it are not kept waiting through a debootstrap or an image build.
+const BUILD_LOCK: &str = "/tmp/berth-e2e-image-build.lock";
 /// The uid:gid the image runs as.
 const NONROOT_UID: &str = "65532";
 
@@ -96,6 +100,7 @@ fn base_image() -> &'static str {
 /// The berth image built from the prebuilt binary of this test run, tagged by a digest of the
 /// build inputs so the tests of one run share it. Older test images are removed.
 fn berth_image() -> String {
+    let _build = lock_file(Path::new(BUILD_LOCK));
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_berth"));
     let inputs = [
         std::fs::read(&binary).expect("read the berth binary"),
@@ -205,8 +210,8 @@ fn elf_sections(path: &Path) -> Vec<String> {
 #[test]
 fn container_image_serves_a_pull_as_non_root_when_built_from_the_prebuilt_binary() {
     docker::require_docker_engine();
-    let _daemon = lock_daemon();
     let tag = berth_image();
+    let _daemon = lock_daemon();
 
     // The binary in the image carries no debug info; the prebuilt one (Cargo's profile) does.
     let scratch = tempfile::Builder::new()
@@ -347,11 +352,12 @@ impl Drop for ComposeProject {
 fn compose_file_starts_healthy_when_run_as_shipped_on_a_default_docker() {
     docker::require_docker_engine();
     let compose = require_tool("docker-compose");
+    let image = berth_image();
     let _daemon = lock_daemon();
     let project = ComposeProject {
         compose,
         name: format!("berthe2e{}", std::process::id()),
-        image: berth_image(),
+        image,
         port: free_port(),
         metrics_port: free_port(),
     };

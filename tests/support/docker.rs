@@ -63,7 +63,7 @@ pub fn repo_digests(reference: &str) -> Vec<String> {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("RepoDigests of {reference} is not a JSON list: {e}: {json}"))
 }
 
-/// Holds the inter-process lock on the Docker daemon while alive.
+/// Holds an inter-process file lock (e.g. on the Docker daemon) while alive.
 #[allow(dead_code)]
 pub struct DaemonLock {
     _file: File,
@@ -72,15 +72,21 @@ pub struct DaemonLock {
 /// Takes the lock that serialises every test using the Docker engine (blocks until free).
 #[allow(dead_code)]
 pub fn lock_daemon() -> DaemonLock {
+    lock_file(Path::new(LOCK_PATH))
+}
+
+/// Takes an exclusive `flock` on `path` (created if missing), blocking until it is free.
+#[allow(dead_code)]
+pub fn lock_file(path: &Path) -> DaemonLock {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(LOCK_PATH)
-        .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     // Released when the file is closed (also when the process dies).
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .unwrap_or_else(|e| panic!("flock {LOCK_PATH}: {e}"));
+        .unwrap_or_else(|e| panic!("flock {}: {e}", path.display()));
     DaemonLock { _file: file }
 }
 
