@@ -481,12 +481,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-/// Parse `"50GiB"`, `"500MB"`, `"1024"` (bytes). IEC (KiB, MiB, GiB, TiB) and SI units.
+/// Parse `"50GiB"`, `"1.5TB"`, `"1024"` (bytes). IEC (KiB, MiB, GiB, TiB) and SI units.
+/// Exact integer arithmetic: a fraction is rounded down to whole bytes, overflow is an error.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid size {s:?}");
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -499,7 +500,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "ti" | "tib" => 1 << 40,
         other => return Err(format!("invalid size unit {other:?} in {s:?}")),
     };
-    Ok((n * mult as f64) as u64)
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 18 {
+        return Err(invalid());
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
+    let frac_bytes = if frac.is_empty() {
+        0
+    } else {
+        let f: u128 = frac.parse().map_err(|_| invalid())?;
+        // f / 10^len of a unit, in bytes; < mult, so it fits in u64.
+        (f * u128::from(mult) / 10u128.pow(frac.len() as u32)) as u64
+    };
+    whole
+        .checked_mul(mult)
+        .and_then(|b| b.checked_add(frac_bytes))
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

@@ -109,6 +109,12 @@ fn sizes_parse_with_iec_and_si_units() {
         ("1.5GiB", Some(1_610_612_736)),
         ("500MB", Some(500_000_000)),
         ("10 MiB", Some(10 << 20)),
+        ("0.1KB", Some(100)),
+        ("2.999999999999999999GB", Some(2_999_999_999)),
+        ("16EiB", None),
+        ("99999999999TiB", None),
+        ("1.2.3MB", None),
+        (".", None),
         ("x", None),
         ("5PB", None),
     ];

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::index::{ReadGuard, StoreIndex};
 use super::spool::TempFile;
-use super::{Error, Spool, TagStore, VerifiedSpool};
+use super::{atomic, Error, Spool, TagStore, VerifiedSpool};
 use crate::oci::Digest;
 
 /// Handle to the store root, its index and its tag records. Cheap to clone.
@@ -152,9 +152,8 @@ impl BlobStore {
         let dest = self.blob_path(&digest);
         let dir = dest.parent().expect("blob paths always have a parent");
         fs::create_dir_all(dir)?;
-        fs::rename(&tmp.path, &dest)?;
+        atomic::publish(&tmp.path, &dest)?;
         tmp.committed = true;
-        File::open(dir)?.sync_all()?;
         self.index.insert(&digest, size);
         Ok(())
     }

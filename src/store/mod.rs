@@ -11,6 +11,7 @@
 //! ```
 //! Paths are built only from validated names, tags and digest hex. No network I/O here.
 
+mod atomic;
 mod cas;
 mod content;
 mod evict;

@@ -2,13 +2,13 @@
 //! reference. Written atomically by `berth cache pin`; read by every eviction pass, so a
 //! running server honours a new pin without a restart.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Error;
+use super::{atomic, Error};
 use crate::oci::Digest;
 
 /// One pin: the reference the operator gave and the manifest digest it resolved to.
@@ -75,10 +75,8 @@ impl Pins {
 
     fn save(&self, pins: Vec<Pin>) -> Result<(), Error> {
         let tmp = self.path.with_extension(format!("tmp{:08x}", fastrand::u32(..)));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&PinsFile { pins }).expect("plain struct serializes"))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
+        let bytes = serde_json::to_vec_pretty(&PinsFile { pins }).expect("plain struct serializes");
+        atomic::replace(&tmp, &self.path, &bytes)?;
         Ok(())
     }
 }

@@ -1,14 +1,14 @@
 //! The tag index on disk: `(upstream, repository, tag) -> (digest, media type, checked_at)`,
-//! one small JSON file per tag, replaced atomically (temp file, fsync, rename).
+//! one small JSON file per tag, replaced atomically (`atomic::replace`).
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::Error;
+use super::{atomic, Error};
 use crate::oci::{Digest, MediaType, RepoName, Tag};
 
 /// `(upstream, repository, tag)`: tags never mix across upstreams.
@@ -118,14 +118,8 @@ impl TagStore {
             checked_at: rec.checked_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
         };
         let tmp = self.tmp.join(format!("tag-{:016x}", fastrand::u64(..)));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&raw).expect("plain struct serializes"))?;
-        f.sync_all()?;
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        File::open(dir)?.sync_all()?;
+        let bytes = serde_json::to_vec(&raw).expect("plain struct serializes");
+        atomic::replace(&tmp, &dest, &bytes)?;
         Ok(())
     }
 

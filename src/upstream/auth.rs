@@ -107,21 +107,13 @@ pub fn realm_allowed(upstream: &Uri, realm: &Uri) -> bool {
     if is_literal(&up_host) || is_literal(&re_host) || realm.scheme_str() != Some("https") {
         return false;
     }
-    registrable_domain(&up_host) == registrable_domain(&re_host)
+    matches!((registrable_domain(&up_host), registrable_domain(&re_host)), (Some(a), Some(b)) if a == b)
 }
 
-/// An approximation of eTLD+1 without the public suffix list: the last two labels, or three
-/// where the second-level label is a common public one (`co.uk`, `com.au`).
-fn registrable_domain(host: &str) -> Option<String> {
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
-    if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) {
-        return None;
-    }
-    let n = labels.len();
-    let public_sld =
-        ["co", "com", "net", "org", "gov", "edu", "ac"].contains(&labels[n - 2]) && labels[n - 1].len() == 2;
-    let take = if public_sld { 3 } else { 2 };
-    (n >= take).then(|| labels[n - take..].join("."))
+/// The registrable domain (eTLD+1) by the public suffix list: `docker.io` for
+/// `auth.docker.io`, `example.co.uk` for `r.example.co.uk`; none for a bare public suffix.
+fn registrable_domain(host: &str) -> Option<&str> {
+    psl::domain_str(host.trim_end_matches('.'))
 }
 
 /// A bearer token and when it stops being usable.
@@ -225,6 +217,11 @@ mod tests {
             ("https://quay.io", "https://quay.io/v2/auth", true),
             ("https://registry.example.co.uk", "https://auth.example.co.uk/t", true),
             ("https://registry.example.co.uk", "https://evil.co.uk/t", false),
+            // Public suffixes that the last-two-labels guess got wrong: tenants of one
+            // hosting suffix are different sites.
+            ("https://team.github.io", "https://evil.github.io/t", false),
+            ("https://r.team.pages.dev", "https://auth.team.pages.dev/t", true),
+            ("https://r.team.pages.dev", "https://other.pages.dev/t", false),
             ("https://registry-1.docker.io", "https://evil.tld/token", false),
             ("https://registry-1.docker.io", "http://auth.docker.io/token", false),
             ("https://registry-1.docker.io", "http://169.254.169.254/", false),

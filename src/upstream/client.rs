@@ -238,9 +238,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether any error in the chain is an I/O timeout (hyper-util's connect timeout is an
+/// `io::Error` of kind `TimedOut`, as is a kernel's `ETIMEDOUT`).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 fn classify(e: hyper_util::client::legacy::Error, host: &str) -> Error {
     let msg = error_chain(&e);
-    if msg.contains("timed out") {
+    if timed_out(&e) {
         Error::Timeout(format!("a connection to {host}"))
     } else if e.is_connect() {
         Error::Connect(format!("to {host}: {msg}"))
@@ -271,6 +284,17 @@ YRXUoTSA2GG9vxwsWFkh2S0AzBPPWPbnAiAqk4DkjCD99iUlCsNTgyj+aNPMUBlC
     fn client_with_ca(pem: &str) -> Result<HttpClient, String> {
         let t = Duration::from_secs(1);
         HttpClient::new(Arc::new(HashSet::new()), Some(pem.as_bytes()), t, t)
+    }
+
+    #[test]
+    fn timeouts_are_recognised_by_kind_not_by_message() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapper")]
+        struct Wrap(#[source] std::io::Error);
+        let t = Wrap(std::io::Error::new(std::io::ErrorKind::TimedOut, "something"));
+        let r = Wrap(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "timed out"));
+        assert!(timed_out(&t));
+        assert!(!timed_out(&r));
     }
 
     #[test]
