@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian packages whose tools the tests run (tests/support fails loudly if one is missing):
+# Debian packages whose tools the tests run (testkit/src/support fails loudly if one is missing):
 # registries and clients for the e2e tests, debootstrap for the container image test's base
 # image, docker-compose for deploy/compose.yaml, chromium for the status page test, openssl for
 # test certificates, python3-venv/pip for charts/berth/test.sh (helm, kubernetes-validate).
@@ -66,14 +66,14 @@ install_cargo_tool deny cargo-deny
 log "cargo fmt --check"
 cargo fmt --all --check
 
-log "cargo clippy --all-targets --release -- -D warnings"
-cargo clippy --all-targets --release -- -D warnings
+log "cargo clippy --workspace --all-targets --release -- -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
 
 log "cargo deny check (advisories, licenses, bans, sources; vendored advisory database)"
 scripts/deny.sh
 
-log "cargo nextest run --release --no-fail-fast"
-cargo nextest run --release --no-fail-fast
+log "cargo nextest run --workspace --release --no-fail-fast"
+cargo nextest run --workspace --release --no-fail-fast
 
 # The Helm chart: lint, render every ci/*-values.yaml, validate against Kubernetes schemas and
 # run berth check-config on each rendered config (helm and kubernetes-validate come from PyPI).

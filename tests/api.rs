@@ -1,7 +1,7 @@
 //! The pull API against an in-process fake upstream: headers, HEAD, Range, tags within the
 //! TTL, digests without upstream contact, bad input, token auth.
 
-mod common;
+use berth_testkit::common;
 
 use common::*;
 

@@ -2,7 +2,7 @@
 //! challenge and berth's token flow, 403 for users the rules deny, the failed-login limiter,
 //! and `client_credentials = "verify"`. Every refusal is checked to have sent nothing upstream.
 
-mod common;
+use berth_testkit::common;
 
 use base64::Engine as _;
 use common::*;

@@ -1,7 +1,7 @@
 //! The operator commands against a real store: `cache stats|ls|rm|pin|unpin`, `gc`, `warm`,
 //! `check-config`, `healthcheck`, run as the real binary beside an in-process berth.
 
-mod common;
+use berth_testkit::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! that leaves early, a corrupting upstream, a Range request during a fill, and coalesced
 //! manifest fetches.
 
-mod common;
+use berth_testkit::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! fills run. After a restart every file in the store matches its digest, no temp file
 //! survives, and every blob pulls correctly.
 
-mod common;
+use berth_testkit::common;
 
 use std::net::TcpListener as StdListener;
 use std::path::Path;

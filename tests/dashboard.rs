@@ -3,7 +3,7 @@
 //! after it has served pulls (misses, hits, coalesced fills), failed on an unreachable upstream and evicted for
 //! its size cap, or be one of the contracted names another change registers.
 
-mod common;
+use berth_testkit::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

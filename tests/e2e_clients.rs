@@ -19,7 +19,7 @@
 //! Every "fallback" (`server`, `location`) is a dead loopback port, so a pull can only succeed
 //! through berth.
 
-mod support;
+use berth_testkit::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

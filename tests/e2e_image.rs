@@ -7,7 +7,7 @@
 //!
 //! Run under the e2e lock: `flock /tmp/berth-e2e.lock cargo nextest run --release --test e2e_image`.
 
-mod support;
+use berth_testkit::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! counted from the upstream's access log. Then the upstream goes away and every image must
 //! still pull, by tag (within `manifest_ttl`) and by digest, with zero upstream requests.
 
-mod support;
+use berth_testkit::support;
 
 use std::path::PathBuf;
 

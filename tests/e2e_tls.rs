@@ -3,8 +3,8 @@
 //! checked against its digest; curl (OpenSSL) checks that ALPN gives it HTTP/2 or HTTP/1.1 as
 //! asked. berth runs in process in front of a fake upstream.
 
-mod common;
-mod support;
+use berth_testkit::common;
+use berth_testkit::support;
 
 use common::tls::{SecretVolume, TestCa};
 use common::{random_bytes, FakeRegistry, TestProxy, OCI_MANIFEST};

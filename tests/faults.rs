@@ -2,7 +2,7 @@
 //! ambiguous manifests. In every case the client never gets a clean 200 with wrong data,
 //! nothing is stored, and the next fault-free request succeeds.
 
-mod common;
+use berth_testkit::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! eviction, restarts lose nothing (even with the upstream gone), corrupt files are refetched,
 //! and a full disk degrades to streaming from upstream.
 
-mod common;
+use berth_testkit::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -3,7 +3,7 @@
 //! throttling or failing, tags that move, and the circuit breaker.
 //! The elapsed-time checks are hang guards with seconds of slack, not performance assertions.
 
-mod common;
+use berth_testkit::common;
 
 use std::time::{Duration, Instant};
 

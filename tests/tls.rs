@@ -3,7 +3,7 @@
 //! (on file change, Kubernetes-style symlink swap, and SIGHUP) that never drop a connection.
 //! Certificates come from a CA each test makes with `openssl`.
 
-mod common;
+use berth_testkit::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

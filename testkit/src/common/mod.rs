@@ -2,7 +2,6 @@
 //! manifests and blobs, counts every request, requires a bearer token if asked, and injects
 //! faults) and `TestProxy` (berth::run on another ephemeral port with a temp store), plus a
 //! small HTTP client. No test reaches beyond loopback.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

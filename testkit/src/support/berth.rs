@@ -15,7 +15,6 @@ use super::{free_port, http, kill_and_wait, tail_file, wait_until_ready, NotRead
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What goes into berth's config besides the listen address and storage path.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct BerthConfig {
     /// URL of the default upstream `[upstreams.hub]` (aliases `docker.io`); `None` omits it.
@@ -28,7 +27,6 @@ pub struct BerthConfig {
     pub metrics: bool,
 }
 
-#[allow(dead_code)]
 impl BerthConfig {
     /// A default upstream at `hub_url` and `manifest_ttl = "10m"`.
     pub fn new(hub_url: &str) -> BerthConfig {
@@ -60,7 +58,6 @@ impl BerthConfig {
 }
 
 /// A running (or stopped, restartable) berth.
-#[allow(dead_code)]
 pub struct Berth {
     dir: TempDir,
     config: BerthConfig,
@@ -69,7 +66,6 @@ pub struct Berth {
     child: Option<Child>,
 }
 
-#[allow(dead_code)]
 impl Berth {
     /// Starts berth with [`BerthConfig::new`] pointing at `hub_url`.
     pub fn start(hub_url: &str) -> Berth {
@@ -209,7 +205,7 @@ impl Berth {
             .open(self.stderr_path())
             .expect("open berth stderr log");
         let stdout = stderr.try_clone().expect("clone berth log handle");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = Command::new(crate::berth_binary())
             .arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -271,7 +267,6 @@ impl Drop for Berth {
 
 /// One request as berth logs it (`[log] format = "json"`): method, path without the query,
 /// status and the cache outcome (`hit`, `miss`, `none`, ...).
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BerthRequest {
     pub method: String,

@@ -18,7 +18,6 @@ pub const PROXY_VARS: [&str; 8] = [
 ];
 
 /// Outcome of one command.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct CmdRun {
     /// The command line, for messages.
@@ -30,7 +29,6 @@ pub struct CmdRun {
     pub elapsed: Duration,
 }
 
-#[allow(dead_code)]
 impl CmdRun {
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())

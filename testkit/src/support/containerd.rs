@@ -23,7 +23,6 @@ const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 pub const NAMESPACE: &str = "berth-e2e";
 
 /// One registry request `ctr --http-dump` reported.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpedRequest {
     pub method: String,
@@ -34,7 +33,6 @@ pub struct DumpedRequest {
 }
 
 /// Outcome of one `ctr image pull --http-dump`.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct CtrPull {
     pub run: CmdRun,
@@ -42,13 +40,11 @@ pub struct CtrPull {
 }
 
 /// A running containerd with its own state; killed on drop.
-#[allow(dead_code)]
 pub struct Containerd {
     dir: TempDir,
     child: Option<Child>,
 }
 
-#[allow(dead_code)]
 impl Containerd {
     pub fn start() -> Containerd {
         let containerd = require_tool("containerd");
@@ -208,7 +204,6 @@ impl Drop for Containerd {
 /// Writes `<hosts_dir>/<registry>/hosts.toml` sending pulls and resolves to `mirror_url`
 /// (e.g. `http://127.0.0.1:PORT`). `server`, if given, is the fallback after the mirror;
 /// a dead loopback port makes sure a failing mirror cannot be hidden by a fallback.
-#[allow(dead_code)]
 pub fn write_hosts_toml(hosts_dir: &Path, registry: &str, server: Option<&str>, mirror_url: &str) {
     let dir = hosts_dir.join(registry);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));

@@ -28,7 +28,6 @@ const LOCK_PATH: &str = "/tmp/berth-e2e-docker-daemon.lock";
 const DEFAULT_DAEMON_JSON: &str = "/etc/docker/daemon.json";
 
 /// Panics (with a hint) unless the `docker` CLI is installed and its daemon answers.
-#[allow(dead_code)]
 pub fn require_docker_engine() {
     require_tool("docker");
     let run = docker(&["info", "--format", "{{.ServerVersion}}"]);
@@ -41,7 +40,6 @@ pub fn require_docker_engine() {
 }
 
 /// Runs `docker <args>`.
-#[allow(dead_code)]
 pub fn docker(args: &[&str]) -> CmdRun {
     let mut command = Command::new("docker");
     command.args(args);
@@ -49,7 +47,6 @@ pub fn docker(args: &[&str]) -> CmdRun {
 }
 
 /// `docker image inspect --format <format> <reference>`, trimmed.
-#[allow(dead_code)]
 pub fn inspect(reference: &str, format: &str) -> String {
     let run = docker(&["image", "inspect", "--format", format, reference]);
     run.assert_success(&format!("docker image inspect {reference}"));
@@ -57,26 +54,22 @@ pub fn inspect(reference: &str, format: &str) -> String {
 }
 
 /// `RepoDigests` of image `reference`.
-#[allow(dead_code)]
 pub fn repo_digests(reference: &str) -> Vec<String> {
     let json = inspect(reference, "{{json .RepoDigests}}");
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("RepoDigests of {reference} is not a JSON list: {e}: {json}"))
 }
 
 /// Holds an inter-process file lock (e.g. on the Docker daemon) while alive.
-#[allow(dead_code)]
 pub struct DaemonLock {
     _file: File,
 }
 
 /// Takes the lock that serialises every test using the Docker engine (blocks until free).
-#[allow(dead_code)]
 pub fn lock_daemon() -> DaemonLock {
     lock_file(Path::new(LOCK_PATH))
 }
 
 /// Takes an exclusive `flock` on `path` (created if missing), blocking until it is free.
-#[allow(dead_code)]
 pub fn lock_file(path: &Path) -> DaemonLock {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -92,13 +85,11 @@ pub fn lock_file(path: &Path) -> DaemonLock {
 
 /// Removes the listed image references on drop (`docker rmi -f`), so pulled images never
 /// outlive the test, whatever its outcome.
-#[allow(dead_code)]
 #[derive(Default)]
 pub struct PulledImages {
     refs: Vec<String>,
 }
 
-#[allow(dead_code)]
 impl PulledImages {
     /// Registers `reference` for removal, and removes any leftover from a killed run now.
     pub fn track(&mut self, reference: &str) {
@@ -125,7 +116,6 @@ impl Drop for PulledImages {
 }
 
 /// While alive, dockerd runs with `registry-mirrors = [<mirror>]`.
-#[allow(dead_code)]
 pub struct MirrorGuard {
     change: DaemonJsonChange,
 }
@@ -139,7 +129,6 @@ struct DaemonJsonChange {
     original: Option<Vec<u8>>,
 }
 
-#[allow(dead_code)]
 impl MirrorGuard {
     /// Adds `mirror_url` as dockerd's only registry mirror and reloads the daemon. Returns why
     /// not if this machine's daemon cannot be reconfigured from here (no local dockerd,

@@ -9,7 +9,6 @@ use std::time::Duration;
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A complete HTTP response: status, headers in arrival order, and the decoded body.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -17,7 +16,6 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-#[allow(dead_code)]
 impl Response {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -105,13 +103,11 @@ pub fn request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)],
 }
 
 /// `GET target` with extra headers.
-#[allow(dead_code)]
 pub fn get(addr: &str, target: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
     request(addr, "GET", target, headers, &[])
 }
 
 /// `HEAD target` with extra headers.
-#[allow(dead_code)]
 pub fn head(addr: &str, target: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
     request(addr, "HEAD", target, headers, &[])
 }

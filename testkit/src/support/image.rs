@@ -14,7 +14,6 @@ use serde_json::json;
 use super::{http, sha256_digest};
 
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
-#[allow(dead_code)]
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -24,7 +23,6 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// The `Accept` value a modern client sends for manifests (all four types).
-#[allow(dead_code)]
 pub const ACCEPT_ALL_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -34,7 +32,6 @@ pub const ACCEPT_ALL_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json,
 const MAX_FILE: usize = 1 << 20;
 
 /// Content-addressed bytes with their media type.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
     pub digest: String,
@@ -42,7 +39,6 @@ pub struct Blob {
     pub data: Vec<u8>,
 }
 
-#[allow(dead_code)]
 impl Blob {
     pub fn new(media_type: &str, data: Vec<u8>) -> Blob {
         Blob {
@@ -70,7 +66,6 @@ impl Blob {
 }
 
 /// Manifest flavour of a generated image.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `application/vnd.docker.distribution.manifest.v2+json`.
@@ -80,7 +75,6 @@ pub enum Format {
 }
 
 /// A single-platform image: manifest, config and layers, all with bytes and digests.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Image {
     pub format: Format,
@@ -93,7 +87,6 @@ pub struct Image {
     pub diff_ids: Vec<String>,
 }
 
-#[allow(dead_code)]
 impl Image {
     /// Builds an image for `linux/<architecture>` with one layer per entry of
     /// `layer_sizes` (bytes of random file content, before tar and gzip).
@@ -146,14 +139,12 @@ impl Image {
 }
 
 /// An OCI image index over several single-platform OCI images.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Index {
     pub index: Blob,
     pub children: Vec<Image>,
 }
 
-#[allow(dead_code)]
 impl Index {
     /// Builds an OCI index listing `children` with their `platform` fields.
     pub fn new(children: Vec<Image>) -> Index {
@@ -232,7 +223,6 @@ fn to_json_bytes(value: &serde_json::Value) -> Vec<u8> {
 
 /// Uploads `blob` to repository `name` on the registry at `addr` (monolithic:
 /// `POST /v2/<name>/blobs/uploads/`, then `PUT <Location>&digest=...` with the bytes).
-#[allow(dead_code)]
 pub fn push_blob(addr: &str, name: &str, blob: &Blob) {
     let start = http::request(addr, "POST", &format!("/v2/{name}/blobs/uploads/"), &[], &[])
         .unwrap_or_else(|e| panic!("POST upload for {name} on {addr}: {e}"));
@@ -266,7 +256,6 @@ pub fn push_blob(addr: &str, name: &str, blob: &Blob) {
 }
 
 /// Puts `manifest` as `/v2/<name>/manifests/<reference>` with its media type.
-#[allow(dead_code)]
 pub fn push_manifest(addr: &str, name: &str, reference: &str, manifest: &Blob) {
     let put = http::request(
         addr,
@@ -291,7 +280,6 @@ pub fn push_manifest(addr: &str, name: &str, reference: &str, manifest: &Blob) {
 }
 
 /// Pushes every blob of `image`, then its manifest under `tag`.
-#[allow(dead_code)]
 pub fn push_image(addr: &str, name: &str, tag: &str, image: &Image) {
     for blob in image.blobs() {
         push_blob(addr, name, blob);
@@ -300,7 +288,6 @@ pub fn push_image(addr: &str, name: &str, tag: &str, image: &Image) {
 }
 
 /// Pushes every child (by digest), then the index under `tag`.
-#[allow(dead_code)]
 pub fn push_index(addr: &str, name: &str, tag: &str, index: &Index) {
     for child in &index.children {
         push_image(addr, name, &child.manifest.digest, child);

@@ -1,5 +1,5 @@
 //! End-to-end test support: real peers (`docker-registry`, `skopeo`) and the real `berth`
-//! binary, all on 127.0.0.1. Used as `mod support;` by each `tests/e2e_*.rs` file.
+//! binary, all on 127.0.0.1.
 //!
 //! - [`registry::Registry`]: Debian's `docker-registry` as the upstream, with its access log.
 //! - [`image`]: generated images (random layers -> tar -> gzip, config, manifest, index) and
@@ -37,7 +37,6 @@ const INSTALL_HINT: &str = "run scripts/test.sh (it installs the test tools), or
 
 /// Returns the absolute path of `tool` on `PATH`, or panics with an install hint.
 /// End-to-end tests must never pass by skipping.
-#[allow(dead_code)]
 pub fn require_tool(tool: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
@@ -64,7 +63,6 @@ fn is_executable(path: &Path) -> bool {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
 /// Another process may take it before we use it; starters retry with a fresh port.
-#[allow(dead_code)]
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
     listener
@@ -74,19 +72,16 @@ pub fn free_port() -> u16 {
 }
 
 /// `sha256:<hex>` of `data`.
-#[allow(dead_code)]
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(data)))
 }
 
 /// Lowercase hex of `bytes`.
-#[allow(dead_code)]
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why waiting for a child process to become ready ended without success.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub enum NotReady {
     /// The process exited (e.g. the port was taken, bad config).
@@ -97,7 +92,6 @@ pub enum NotReady {
 
 /// Polls `probe` every 50 ms until it returns `Ok(())`, the child exits, or `timeout` passes.
 /// Polling is unavoidable here: the peers are separate processes with no readiness signal.
-#[allow(dead_code)]
 pub fn wait_until_ready(
     child: &mut Child,
     timeout: Duration,
@@ -120,7 +114,6 @@ pub fn wait_until_ready(
 }
 
 /// Kills and reaps `child` if it is still running.
-#[allow(dead_code)]
 pub fn kill_and_wait(child: &mut Child) {
     if child.try_wait().ok().flatten().is_none() {
         let _ = child.kill();
@@ -144,7 +137,6 @@ pub fn tail_text(text: &str, max_lines: usize) -> String {
 }
 
 /// The last `max_lines` lines of the file at `path` (or a note that it is unreadable).
-#[allow(dead_code)]
 pub fn tail_file(path: &Path, max_lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => tail_text(&String::from_utf8_lossy(&bytes), max_lines),

@@ -17,7 +17,6 @@ const PODMAN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// One `[[registry]]` entry: images under `prefix` come from `mirror` (e.g.
 /// `127.0.0.1:PORT/ghcr.io`), else from `location` (a dead port in these tests).
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct MirrorRule {
     pub prefix: String,
@@ -26,12 +25,10 @@ pub struct MirrorRule {
 }
 
 /// A podman whose whole state lives in a temp dir.
-#[allow(dead_code)]
 pub struct Podman {
     dir: TempDir,
 }
 
-#[allow(dead_code)]
 impl Podman {
     pub fn new(rules: &[MirrorRule]) -> Podman {
         require_tool("podman");

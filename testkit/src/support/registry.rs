@@ -18,7 +18,6 @@ use super::{free_port, http, kill_and_wait, require_tool, tail_file, wait_until_
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One parsed access-log line.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLine {
     pub method: String,
@@ -30,14 +29,12 @@ pub struct AccessLine {
 }
 
 /// A running (or stopped, restartable) `docker-registry serve` with its own storage.
-#[allow(dead_code)]
 pub struct Registry {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
 }
 
-#[allow(dead_code)]
 impl Registry {
     /// Starts a registry on a free 127.0.0.1 port with empty storage and waits for `/v2/`.
     pub fn start() -> Registry {

@@ -13,7 +13,6 @@ use super::{require_tool, sha256_digest};
 const COMMAND_TIMEOUT: &str = "300s";
 
 /// Outcome of one skopeo run.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct SkopeoRun {
     pub command: String,
@@ -22,7 +21,6 @@ pub struct SkopeoRun {
     pub stderr: String,
 }
 
-#[allow(dead_code)]
 impl SkopeoRun {
     pub fn success(&self) -> bool {
         self.status.success()
@@ -44,7 +42,6 @@ impl SkopeoRun {
 /// Runs `skopeo copy --src-tls-verify=false docker://<src_ref> dir:<dest_dir> <extra...>`.
 /// `src_ref` is `127.0.0.1:PORT/NAME:TAG` or `...NAME@sha256:...` (a `docker://` prefix is
 /// optional). `extra` is e.g. `["--all"]` or `["--override-arch", "arm64"]`.
-#[allow(dead_code)]
 pub fn skopeo_copy(src_ref: &str, dest_dir: &Path, extra: &[&str]) -> SkopeoRun {
     let src = if src_ref.starts_with("docker://") {
         src_ref.to_string()
@@ -68,7 +65,6 @@ pub fn skopeo_copy(src_ref: &str, dest_dir: &Path, extra: &[&str]) -> SkopeoRun 
 }
 
 /// Runs `skopeo <args>` with proxy variables removed (loopback only).
-#[allow(dead_code)]
 pub fn run_skopeo(args: &[String]) -> SkopeoRun {
     let skopeo = require_tool("skopeo");
     let command = format!("skopeo {}", args.join(" "));
@@ -87,7 +83,6 @@ pub fn run_skopeo(args: &[String]) -> SkopeoRun {
 }
 
 /// A skopeo `dir:` output whose every file was checked against its digest.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct DirContents {
     /// Bytes of `manifest.json` and their digest.
@@ -102,7 +97,6 @@ pub struct DirContents {
 /// Reads a skopeo `dir:` output and checks that every file's sha256 equals its name, that
 /// every config/layer referenced by a copied manifest is present with the descriptor's size,
 /// and that no unreferenced or unknown file is there.
-#[allow(dead_code)]
 pub fn verify_dir(dir: &Path) -> DirContents {
     let version = std::fs::read_to_string(dir.join("version"))
         .unwrap_or_else(|e| panic!("{}: no readable `version` file: {e}", dir.display()));
@@ -195,7 +189,6 @@ pub fn verify_dir(dir: &Path) -> DirContents {
 }
 
 /// Verifies `dir` and asserts it holds exactly `image` (manifest bytes and every blob).
-#[allow(dead_code)]
 pub fn assert_dir_has_image(dir: &Path, image: &Image) -> DirContents {
     let contents = verify_dir(dir);
     assert_eq!(
@@ -228,7 +221,6 @@ pub fn assert_dir_has_image(dir: &Path, image: &Image) -> DirContents {
 
 /// Verifies `dir` (from `skopeo copy --all`) and asserts it holds exactly `index`: the index
 /// bytes, every child manifest and every child's blobs.
-#[allow(dead_code)]
 pub fn assert_dir_has_index(dir: &Path, index: &Index) -> DirContents {
     let contents = verify_dir(dir);
     assert_eq!(
