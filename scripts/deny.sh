@@ -21,4 +21,7 @@ mkdir -p "$STAGED/.git"
 cp -R "$VENDORED/crates" "$STAGED/crates"
 touch -d "$date" "$STAGED/.git/FETCH_HEAD"
 
+# --frozen keeps cargo-deny off the network, and so cargo metadata too: it needs every locked
+# crate on disk, including those of other platforms that no build here downloads.
+cargo fetch --locked
 exec cargo deny --frozen check --hide-inclusion-graph "$@"
