@@ -60,10 +60,17 @@ install_tools() {
 }
 install_tools || { echo "bench: cannot install the tools it needs" >&2; exit 1; }
 
-log "cargo build --release"
-BERTH_BIN="$ROOT/target/release/berth"
 BUILD_ERROR=""
-if ! (cd "$ROOT" && cargo build --release --quiet); then
+if [[ -n ${BENCH_BERTH_BIN:-} ]]; then
+    # Another build of berth (an older commit, for before/after rows): no build here.
+    BERTH_BIN=$BENCH_BERTH_BIN
+    [[ -x $BERTH_BIN ]] || { echo "bench: BENCH_BERTH_BIN=$BERTH_BIN is not an executable" >&2; exit 1; }
+    log "benchmarking $BERTH_BIN (BENCH_BERTH_BIN)"
+else
+    log "cargo build --release"
+    BERTH_BIN="$ROOT/target/release/berth"
+fi
+if [[ -z ${BENCH_BERTH_BIN:-} ]] && ! (cd "$ROOT" && cargo build --release --quiet); then
     # The tree may be mid-edit: benchmark the last good binary if there is one, and say so.
     [[ -x "$BERTH_BIN" ]] || { echo "bench: cargo build --release failed and there is no $BERTH_BIN" >&2; exit 1; }
     BUILD_ERROR="cargo build --release failed; benchmarked the previous $BERTH_BIN (built $(date -u -r "$BERTH_BIN" +%Y-%m-%dT%H:%M:%SZ))"
@@ -71,7 +78,9 @@ if ! (cd "$ROOT" && cargo build --release --quiet); then
 fi
 BERTH_VERSION=$("$BERTH_BIN" version 2>/dev/null || echo unknown)
 BERTH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]]; then
+if [[ -n ${BENCH_BERTH_BIN:-} ]]; then
+    BERTH_COMMIT=${BENCH_BERTH_COMMIT:-$BERTH_BIN}
+elif [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]]; then
     BERTH_COMMIT="$BERTH_COMMIT+dirty"
 fi
 
