@@ -1,11 +1,12 @@
-//! `config.toml`: the serde structs with their defaults, `BERTH_SECTION__KEY` environment
-//! overrides, and `validate()`, which reports every problem at once. No network I/O here; the
-//! only file access is reading the config itself and checking that secret files are readable.
+//! `config.toml`: the serde structs with their defaults; reading the file with its
+//! `BERTH_SECTION__KEY` environment overrides (`load`), and `validate()` (`validate`), each of
+//! which reports every problem at once. No network I/O here; the only file access is reading
+//! the config itself and checking that secret files are readable.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -407,75 +408,6 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Reading or parsing the config failed before validation could run.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The config path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// TOML syntax, an unknown key or a bad value.
-    #[error("{0}")]
-    Parse(String),
-}
-
-impl Config {
-    /// Parse TOML text (no environment overrides).
-    pub fn from_toml_str(text: &str) -> Result<Config, LoadError> {
-        toml::from_str(text).map_err(|e| LoadError::Parse(e.to_string()))
-    }
-
-    /// Read `path`, apply `BERTH_SECTION__KEY=value` overrides from `env`, and parse.
-    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))?;
-        for (key, value) in env {
-            let Some(rest) = key.strip_prefix("BERTH_") else {
-                continue;
-            };
-            if rest == "CONFIG" || !rest.contains("__") {
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            set_path(&mut doc, &path, parse_env_value(&value)).map_err(LoadError::Parse)?;
-        }
-        doc.try_into()
-            .map_err(|e: toml::de::Error| LoadError::Parse(e.to_string()))
-    }
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    // A TOML literal (number, bool, array, quoted string) when it parses as one, else a string.
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-fn set_path(doc: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty override")?;
-    let mut table = doc;
-    for p in parents {
-        table = table
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| format!("BERTH override: {p} is not a table"))?;
-    }
-    table.insert(last.clone(), value);
-    Ok(())
-}
-
 /// Parse `"30s"`, `"10m"`, `"24h"` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
@@ -547,7 +479,10 @@ fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
         .map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
 }
 
+mod load;
 mod validate;
+
+pub use load::{KeyError, LoadError, Origin};
 
 #[cfg(test)]
 mod tests;

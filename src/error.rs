@@ -50,6 +50,14 @@ pub enum Error {
     /// `?ns=` names no configured upstream.
     #[error("no upstream is configured for namespace {0:?}")]
     UnknownNamespace(String),
+    /// The name starts with a registry host that is no upstream's alias.
+    #[error("no upstream is configured for registry {host:?}; configured upstreams: {known}")]
+    UnknownRegistry {
+        /// The name's first component.
+        host: String,
+        /// The configured upstreams and their aliases.
+        known: String,
+    },
     /// The upstream does not know the repository.
     #[error("repository {0} is not known upstream")]
     NameUnknown(String),
@@ -178,7 +186,9 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
             Error::NotFound => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-            Error::UnknownNamespace(_) | Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::UnknownNamespace(_) | Error::UnknownRegistry { .. } | Error::NameUnknown(_) => {
+                (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+            }
             Error::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth::cli::{self, CliError};
-use berth::config::{Config, LogFormat, Severity};
+use berth::config::{Config, LoadError, LogFormat, Severity};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -82,11 +82,15 @@ enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove tags or objects (`alpine:3.20`, `repo@sha256:...`, `sha256:...`).
+    /// Remove tags or objects (`alpine:3.20`, `repo@sha256:...`, `sha256:...`); refuses what
+    /// a tag or pin that stays still needs.
     Rm {
         /// References to remove.
         #[arg(required = true)]
         refs: Vec<String>,
+        /// Remove even what other tagged or pinned images need (they break).
+        #[arg(long)]
+        force: bool,
     },
     /// Exempt an image and everything it references from eviction.
     Pin {
@@ -159,7 +163,7 @@ async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
     match command {
         Command::Cache(CacheCommand::Stats { json }) => cli::cache::stats(config, json).await,
         Command::Cache(CacheCommand::Ls { json }) => cli::cache::ls(config, json).await,
-        Command::Cache(CacheCommand::Rm { refs }) => cli::cache::rm(config, &refs).await,
+        Command::Cache(CacheCommand::Rm { refs, force }) => cli::cache::rm(config, &refs, force).await,
         Command::Cache(CacheCommand::Pin { reference }) => cli::cache::pin(config, &reference).await,
         Command::Cache(CacheCommand::Unpin { reference }) => cli::cache::unpin(config, &reference),
         Command::Gc { dry_run } => cli::gc::run(config, dry_run).await,
@@ -202,7 +206,16 @@ async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
 /// Load, override from the environment, validate; print every problem.
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
     let config = Config::load(&cli.config, std::env::vars()).map_err(|e| {
-        eprintln!("berth: {}: {e}", cli.config.display());
+        match e {
+            // Each names its file and line, or the variable that set it.
+            LoadError::Invalid(problems) => {
+                for p in problems {
+                    eprintln!("error: {p}");
+                }
+                eprintln!("berth: {} is not valid", cli.config.display());
+            }
+            e => eprintln!("berth: {}: {e}", cli.config.display()),
+        }
         ExitCode::from(EXIT_CONFIG)
     })?;
     let problems = config.validate();
@@ -241,6 +254,14 @@ fn init_tracing(config: &Config, flag: Option<LogFormat>) {
 
 async fn serve(config: Config) -> ExitCode {
     let config = Arc::new(config);
+    // Before binding: a second server on this store fails at once, whatever its ports.
+    let _lock = match berth::store::StoreLock::acquire(&config.storage.path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
         Ok(l) => l,
         Err(e) => {

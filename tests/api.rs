@@ -188,6 +188,44 @@ async fn bad_input_gets_spec_errors_without_upstream_contact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_host_that_is_no_alias_gets_name_unknown_without_upstream_contact() {
+    let fake = FakeRegistry::start().await;
+    let ghcr = format!("[upstreams.ghcr]\nurl = \"{}\"\naliases = [\"ghcr.io\"]\n", fake.url());
+    let proxy = TestProxy::start(&fake.url(), &ghcr).await;
+    let d = sha256(b"x");
+    for path in [
+        "/v2/example.org/foo/manifests/1".to_string(),
+        format!("/v2/example.org/foo/blobs/{d}"),
+        "/v2/docker.io/quay.io/org/app/manifests/latest".to_string(),
+        "/v2/example.org/foo/tags/list".to_string(),
+    ] {
+        let r = get(&proxy.url(&path), &[]).await;
+        assert_eq!(r.status, 404, "{path}");
+        let e = &r.json()["errors"][0];
+        assert_eq!(e["code"], "NAME_UNKNOWN", "{path}");
+        let msg = e["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("no upstream is configured for registry")
+                && msg.contains("ghcr (ghcr.io)")
+                && msg.contains("hub (docker.io)"),
+            "{path}: the message lists the configured upstreams: {msg}"
+        );
+    }
+    assert_eq!(fake.total_hits(), 0, "no upstream request");
+    // A configured alias still routes, and one-component names still go to Docker Hub.
+    get(&proxy.url("/v2/ghcr.io/org/app/manifests/1"), &[]).await;
+    get(&proxy.url("/v2/my.app/manifests/1"), &[]).await;
+    assert!(
+        fake.hits("GET", "/v2/org/app/manifests/1") > 0,
+        "ghcr.io/ routes to ghcr"
+    );
+    assert!(
+        fake.hits("GET", "/v2/library/my.app/manifests/1") > 0,
+        "my.app goes to Docker Hub as library/my.app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_endpoint_and_probes_answer() {
     let fake = FakeRegistry::start().await;
     let proxy = TestProxy::start(&fake.url(), "").await;

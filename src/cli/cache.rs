@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use super::{human_bytes, CliError, ImageRef};
+use super::{human_bytes, time_ago, CliError, ImageRef};
 use crate::cache_result::CacheResult;
 use crate::config::Config;
 use crate::oci::{self, Digest, Reference, MAX_MANIFEST_BYTES};
@@ -165,24 +165,58 @@ pub async fn ls(config: &Config, as_json: bool) -> Result<String, CliError> {
     if as_json {
         return Ok(serde_json::Value::Array(rows).to_string());
     }
-    let mut out = String::from("UPSTREAM\tREPOSITORY:TAG\tDIGEST\tSIZE\tLAST USED (unix)\tPINNED\n");
-    for r in rows {
-        out += &format!(
-            "{}\t{}:{}\t{}\t{}\t{}\t{}\n",
-            r["upstream"].as_str().unwrap_or(""),
-            r["repository"].as_str().unwrap_or(""),
-            r["tag"].as_str().unwrap_or(""),
-            r["digest"].as_str().unwrap_or(""),
+    let now = unix(SystemTime::now());
+    let ago = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |t| time_ago(now.saturating_sub(t)));
+    let mut table = vec![[
+        "UPSTREAM",
+        "REPOSITORY:TAG",
+        "DIGEST",
+        "SIZE",
+        "LAST USED",
+        "CHECKED",
+        "PINNED",
+    ]
+    .map(String::from)];
+    for r in &rows {
+        let digest = r["digest"].as_str().unwrap_or("");
+        table.push([
+            r["upstream"].as_str().unwrap_or("").to_string(),
+            format!(
+                "{}:{}",
+                r["repository"].as_str().unwrap_or(""),
+                r["tag"].as_str().unwrap_or("")
+            ),
+            // sha256: and 12 hex digits, like `docker images`.
+            digest.chars().take(19).collect(),
             human_bytes(r["bytes"].as_u64().unwrap_or(0)),
-            r["last_used"].as_u64().map_or("-".into(), |t| t.to_string()),
+            ago(&r["last_used"]),
+            ago(&r["checked_at"]),
             if r["pinned"].as_bool().unwrap_or(false) {
                 "yes"
             } else {
                 ""
-            },
-        );
+            }
+            .to_string(),
+        ]);
     }
-    Ok(out)
+    Ok(aligned(&table))
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart; no trailing spaces.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
 }
 
 /// The manifest digest a reference names in this store: the digest itself, or the tag's record.
@@ -205,12 +239,14 @@ async fn resolve(config: &Config, s: &Store, r: &ImageRef) -> Result<(Digest, Op
     }
 }
 
-/// `cache rm <ref>...`: a tag drops its record and its manifest; a digest (`repo@sha256:…` or
-/// a bare `sha256:…`) drops that object and every tag pointing at it. Shared layers are left
-/// for `gc` and eviction. A running server notices within 10 s.
-pub async fn rm(config: &Config, refs: &[String]) -> Result<String, CliError> {
+/// `cache rm [--force] <ref>...`: a tag drops its record and its manifest; a digest
+/// (`repo@sha256:…` or a bare `sha256:…`) drops that object and every tag pointing at it.
+/// Shared layers are left for `gc` and eviction. Without `force`, nothing is removed when any
+/// object to remove is still needed by a tag or pin that stays. A running server notices
+/// within 10 s.
+pub async fn rm(config: &Config, refs: &[String], force: bool) -> Result<String, CliError> {
     let s = open(config)?;
-    let mut out = String::new();
+    let mut plan: Vec<(Digest, Vec<TagKey>)> = Vec::new();
     for raw in refs {
         let (digest, tag) = match raw.parse::<Digest>() {
             Ok(d) => (d, None),
@@ -230,12 +266,60 @@ pub async fn rm(config: &Config, refs: &[String]) -> Result<String, CliError> {
         if tags.is_empty() && s.blobs.stat(&digest).await?.is_none() {
             return Err(CliError::new(format!("{raw} is not cached")));
         }
+        plan.push((digest, tags));
+    }
+    if !force {
+        let removed: Vec<&TagKey> = plan.iter().flat_map(|(_, tags)| tags).collect();
+        let index = objects(&s).await?;
+        for (digest, _) in &plan {
+            let users = users(&s, &index, digest, &removed).await?;
+            if !users.is_empty() {
+                return Err(CliError::new(format!(
+                    "refusing to remove {digest}: needed by {}; remove or unpin those images first, or pass --force",
+                    users.join(", ")
+                )));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (digest, tags) in plan {
         for t in &tags {
             s.blobs.remove_tag(t).await?;
             out += &format!("removed tag {}/{}:{}\n", t.upstream, t.repo, t.tag);
         }
         s.blobs.delete(&digest).await?;
         out += &format!("removed {digest}\n");
+    }
+    Ok(out)
+}
+
+/// The images that need `digest`, other than the `removed` tags: each tag whose walk reaches
+/// it (`upstream/repo:tag`, marked `(pinned)` when its manifest is pinned) and each pin whose
+/// walk reaches it (by the pinned reference).
+async fn users(
+    s: &Store,
+    index: &HashMap<Digest, ObjectInfo>,
+    digest: &Digest,
+    removed: &[&TagKey],
+) -> Result<Vec<String>, CliError> {
+    let pins = s.pins.load()?;
+    let pinned = |d: &Digest| pins.iter().any(|p| p.digest == d.to_string());
+    let mut named: HashSet<Digest> = HashSet::new();
+    let mut out = Vec::new();
+    for t in s.blobs.list_tags().await? {
+        let root = &t.record.digest;
+        if removed.contains(&&t.key()) || !reachable(s, index, root).contains(digest) {
+            continue;
+        }
+        let mark = if pinned(root) { " (pinned)" } else { "" };
+        out.push(format!("{}/{}:{}{mark}", t.upstream, t.repo, t.tag));
+        named.insert(root.clone());
+    }
+    for p in &pins {
+        let Ok(root) = p.digest.parse::<Digest>() else { continue };
+        if !named.contains(&root) && reachable(s, index, &root).contains(digest) {
+            out.push(format!("{} (pinned)", p.reference));
+        }
     }
     Ok(out)
 }

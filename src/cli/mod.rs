@@ -11,7 +11,7 @@ pub mod warm;
 use std::fmt;
 
 use crate::config::Config;
-use crate::oci::{Reference, RepoName};
+use crate::oci::{is_registry_host, Reference, RepoName};
 
 /// A command failed; the message is for the operator.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl ImageRef {
             },
         };
         let (registry, path) = match rest.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path),
+            Some((first, path)) if is_registry_host(first) => (first.to_string(), path),
             _ => ("docker.io".to_string(), rest),
         };
         let mut repo: RepoName = path.parse().map_err(|_| bad("invalid repository name"))?;
@@ -118,6 +118,18 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `just now`, `42 s ago`, `3 min ago`, `5 h ago`, `2 days ago`.
+pub fn time_ago(secs: u64) -> String {
+    match secs {
+        0..=4 => "just now".into(),
+        5..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        86_400..=172_799 => "1 day ago".into(),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +160,20 @@ mod tests {
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn times_print_relative_to_now() {
+        let cases = [
+            (0, "just now"),
+            (42, "42 s ago"),
+            (180, "3 min ago"),
+            (5 * 3600 + 59, "5 h ago"),
+            (86_400, "1 day ago"),
+            (3 * 86_400, "3 days ago"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(time_ago(secs), want, "{secs}");
+        }
     }
 }

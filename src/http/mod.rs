@@ -177,6 +177,7 @@ async fn dispatch(
             .resolve(query.ns.as_deref(), name.clone())
             .map_err(|e| match e {
                 RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
+                RouteError::UnknownRegistry { host, known } => Error::UnknownRegistry { host, known },
             })?;
         state.auth.authorize(presented, caller, &up, &repo, &name).await?;
         Ok::<_, Error>((up, repo))

@@ -9,5 +9,5 @@ mod walk;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use media::{inspect_manifest, ManifestError, MediaType, MANIFEST_TYPES};
-pub use name::{NameError, Reference, RepoName, Tag};
+pub use name::{is_registry_host, NameError, Reference, RepoName, Tag};
 pub use walk::{reachable, references, MAX_MANIFEST_BYTES};

@@ -55,6 +55,12 @@ impl RepoName {
     }
 }
 
+/// Whether the first component of an image reference names a registry host, the way docker
+/// reads references: it has a dot or a port, or is `localhost`.
+pub fn is_registry_host(component: &str) -> bool {
+    component.contains(['.', ':']) || component == "localhost"
+}
+
 /// spec: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
 fn is_valid_component(c: &str) -> bool {
     let b = c.as_bytes();

@@ -1,6 +1,8 @@
 //! The closed set of configured upstreams and the routing rule that picks one for a request:
 //! `?ns=` alias, else a path-prefix alias, else the default upstream. A request can only choose
-//! among these; nothing in it can add a host.
+//! among these; nothing in it can add a host. A name bound for Docker Hub whose first component
+//! is a registry host (`example.org/foo`) names a registry that is not configured: Docker Hub
+//! has no such names, so it is refused without asking.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use super::Upstream;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oci::RepoName;
+use crate::oci::{is_registry_host, RepoName};
 
 /// Why a request names no usable upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +18,14 @@ pub enum RouteError {
     /// `?ns=` is not an alias of any configured upstream.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),
+    /// The name starts with a registry host that no upstream has as an alias.
+    #[error("no upstream is configured for registry {host:?}; configured upstreams: {known}")]
+    UnknownRegistry {
+        /// The first component of the name.
+        host: String,
+        /// The configured upstreams with their aliases, for the message.
+        known: String,
+    },
 }
 
 /// Every configured upstream, indexed by alias.
@@ -23,6 +33,8 @@ pub struct UpstreamSet {
     all: Vec<Arc<Upstream>>,
     by_alias: HashMap<String, usize>,
     default: usize,
+    /// `hub (docker.io, index.docker.io), ghcr (ghcr.io)`: named in routing errors.
+    known: String,
 }
 
 impl UpstreamSet {
@@ -58,7 +70,18 @@ impl UpstreamSet {
             all.push(Arc::new(up));
         }
         let default = default.ok_or("no default upstream")?;
-        Ok(UpstreamSet { all, by_alias, default })
+        let known = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| format!("{name} ({})", u.aliases.join(", ")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(UpstreamSet {
+            all,
+            by_alias,
+            default,
+            known,
+        })
     }
 
     /// Every upstream.
@@ -92,12 +115,18 @@ impl UpstreamSet {
             },
         };
         let up = self.all[idx].clone();
-        let name = if up.is_docker_hub() {
-            name.with_library_prefix()
-        } else {
-            name
-        };
-        Ok((up, name))
+        if !up.is_docker_hub() {
+            return Ok((up, name));
+        }
+        if let (Some(first), Some(_)) = (name.components().next(), name.strip_first()) {
+            if is_registry_host(first) {
+                return Err(RouteError::UnknownRegistry {
+                    host: first.to_string(),
+                    known: self.known.clone(),
+                });
+            }
+        }
+        Ok((up, name.with_library_prefix()))
     }
 }
 
@@ -126,6 +155,13 @@ mod tests {
         UpstreamSet::from_config(&cfg, Arc::new(Metrics::new())).unwrap()
     }
 
+    fn unknown(host: &str) -> RouteError {
+        RouteError::UnknownRegistry {
+            host: host.into(),
+            known: "corp (harbor.corp), ghcr (ghcr.io), hub (docker.io, index.docker.io)".into(),
+        }
+    }
+
     #[test]
     fn requests_route_by_ns_then_prefix_then_default() {
         let s = set();
@@ -137,6 +173,11 @@ mod tests {
             (None, "docker.io/alpine", Ok(("hub", "library/alpine"))),
             (None, "docker.io/library/alpine", Ok(("hub", "library/alpine"))),
             (None, "ghcr.io", Ok(("hub", "library/ghcr.io"))),
+            (None, "my.org", Ok(("hub", "library/my.org"))),
+            (None, "example.org/foo", Err(unknown("example.org"))),
+            (None, "docker.io/example.org/foo", Err(unknown("example.org"))),
+            (Some("docker.io"), "quay.io/org/app", Err(unknown("quay.io"))),
+            (Some("harbor.corp"), "my.project/app", Ok(("corp", "my.project/app"))),
             (Some("ghcr.io"), "org/app", Ok(("ghcr", "org/app"))),
             (Some("ghcr.io"), "ghcr.io/org/app", Ok(("ghcr", "org/app"))),
             (Some("docker.io"), "library/nginx", Ok(("hub", "library/nginx"))),

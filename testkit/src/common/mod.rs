@@ -77,6 +77,8 @@ pub struct FakeState {
     pub realm: Mutex<Option<String>>,
     /// Paths that always answer this status (a request the registry chokes on).
     pub path_status: Mutex<HashMap<String, u16>>,
+    /// Blob bodies being sent now, and the most sent at once.
+    pub blob_bodies: Mutex<(usize, usize)>,
 }
 
 pub struct FakeRegistry {
@@ -233,6 +235,11 @@ impl FakeRegistry {
             .unwrap()
             .get(&format!("{method} {path}"))
             .unwrap_or(&0)
+    }
+
+    /// The most blob bodies that were being sent at the same time.
+    pub fn max_parallel_blob_bodies(&self) -> usize {
+        self.state.blob_bodies.lock().unwrap().1
     }
 
     /// All requests so far.
@@ -396,7 +403,12 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
     oci_error(404, "NAME_UNKNOWN")
 }
 
-async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault: Option<Fault>) -> Response<FakeBody> {
+async fn blob_response(
+    st: &Arc<FakeState>,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    fault: Option<Fault>,
+) -> Response<FakeBody> {
     let total = bytes.len();
     let mut data = bytes;
     let mut start = 0;
@@ -433,6 +445,7 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
     let delay = *st.chunk_delay.lock().unwrap();
     let len = data.len();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let mut sending = Some(BodyCount::start(st));
     tokio::spawn(async move {
         let mut sent = 0;
         for chunk in data.chunks(64 << 10) {
@@ -449,6 +462,9 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
             if tx.send(Ok(chunk)).await.is_err() {
                 return;
             }
+            if sent == len {
+                sending.take();
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -464,6 +480,24 @@ async fn blob_response(st: &FakeState, headers: &HeaderMap, bytes: Bytes, fault:
         );
     }
     r
+}
+
+/// Counts a blob body in `FakeState::blob_bodies` while it is alive.
+struct BodyCount(Arc<FakeState>);
+
+impl BodyCount {
+    fn start(st: &Arc<FakeState>) -> BodyCount {
+        let mut n = st.blob_bodies.lock().unwrap();
+        n.0 += 1;
+        n.1 = n.1.max(n.0);
+        BodyCount(st.clone())
+    }
+}
+
+impl Drop for BodyCount {
+    fn drop(&mut self) {
+        self.0.blob_bodies.lock().unwrap().0 -= 1;
+    }
 }
 
 // === TestProxy ===
