@@ -170,6 +170,43 @@ async fn warm_fetches_blobs_side_by_side_at_most_four_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_draws_a_progress_bar_with_bytes_and_rate_on_a_terminal() {
+    let fake = FakeRegistry::start().await;
+    let layers: Vec<_> = (0..4).map(|i| random_bytes(300_000 + i)).collect();
+    fake.image("library/big", "v1", OCI_MANIFEST, &layers);
+    // Long enough (5 chunks x 200 ms per body) for the bar to be drawn a few times.
+    fake.set_chunk_delay(Duration::from_millis(200));
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let cfg = cli_config(&proxy, &fake.url());
+    // `script` (bsdutils, essential in Debian) runs warm on a pseudo-terminal.
+    let line = format!(
+        "{} --config {} warm big:v1",
+        env!("CARGO_BIN_EXE_berth"),
+        cfg.path().display()
+    );
+    let run = tokio::task::spawn_blocking(move || {
+        support::cmd::run(
+            Command::new("script").args(["-qec", &line, "/dev/null"]),
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(run.success(), "{}", run.describe());
+    let tty = &run.stdout;
+    assert!(
+        tty.contains("warmed docker.io/library/big:v1: 1 manifests, 5 blobs"),
+        "{}",
+        run.describe()
+    );
+    // indicatif's `{bytes}/{total_bytes} {binary_bytes_per_sec}`: e.g. `586.0 KiB/1.1 MiB 2.9 MiB/s`.
+    let bar = tty
+        .split(['\r', '\n'])
+        .find(|l| l.contains("/s") && l.contains("iB/") && l.contains("of 1 images"));
+    assert!(bar.is_some(), "a bar with bytes, total and rate: {tty:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_ls_prints_an_aligned_table_with_human_sizes_and_relative_times() {
     let fake = FakeRegistry::start().await;
     let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(300_000)]);
