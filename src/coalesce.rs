@@ -63,6 +63,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Inflight<K, V> {
         Some((v, Some(leave)))
     }
 
+    /// A copy of every entry in progress (for the status page).
+    pub fn entries(&self) -> Vec<(K, V)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Whether nothing is in progress.
     pub fn is_empty(&self) -> bool {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).is_empty()

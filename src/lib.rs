@@ -5,7 +5,9 @@
 //! main.rs         CLI entry: serve, check-config, version, cache, gc, warm, healthcheck
 //! lib.rs          run(): build state, start listeners, shut down in order
 //! config.rs       config.toml structs, env overrides, validate() (config/)
-//! server.rs       accept loop (conn limit, header timeout, graceful drain), /metrics listener
+//! server.rs       accept loop (conn limit, header timeout, graceful drain), the metrics
+//!                 listener (`/metrics`, and the status page on `/`)
+//! status/         the status page: activity recorder, snapshot of the state, HTML
 //! tls/            HTTPS acceptor: rustls config from the files, reload on change and SIGHUP
 //! http/           ProxyService + access log (mod), route parser
 //! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list, token
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod upstream;
@@ -93,7 +96,7 @@ pub async fn run(
     let accept_stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(listener, state.clone(), tls, accept_stop.clone()));
     let metrics_task =
-        metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), accept_stop.clone())));
+        metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, state.clone(), accept_stop.clone())));
     state.tasks.spawn(storage_pass(state.clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
@@ -130,6 +133,7 @@ async fn storage_pass(state: AppState) {
         let blobs = state.blobs.clone();
         let writable = tokio::task::spawn_blocking(move || blobs.check_writable()).await;
         let writable = matches!(writable, Ok(Ok(())));
+        state.metrics.record_storage_writable(writable);
         if writable != state.store_writable.swap(writable, Ordering::Relaxed) {
             match writable {
                 true => tracing::info!("store is writable again: ready"),

@@ -1,6 +1,9 @@
 //! Prometheus metrics: one `Metrics` value with its own registry (no global statics), typed
 //! fields, and the text encoder for `GET /metrics`. Labels are low-cardinality only
-//! (`upstream`, `kind`, `result`, ...): never a repository or digest.
+//! (`upstream`, `kind`, `result`, ...): never a repository or digest. Every documented family
+//! is present from start: label values known in advance (and each configured upstream's, via
+//! [`Metrics::register_upstream`]) are created at 0. The recorders also feed the status
+//! page's [`Activity`] (since-start totals, rate limits), which is not Prometheus data.
 
 use http::{HeaderMap, Method, StatusCode};
 use prometheus::{
@@ -8,6 +11,7 @@ use prometheus::{
 };
 
 use crate::cache_result::{CacheResult, Source};
+use crate::status::Activity;
 
 /// Every berth metric. Record through the `record_*` methods, which fix each metric's label
 /// order in one place.
@@ -47,6 +51,8 @@ pub struct Metrics {
     pub storage_free: IntGauge,
     /// `berth_storage_objects`
     pub storage_objects: IntGauge,
+    /// `berth_storage_writable`: 1 while the store can be written, 0 while it cannot
+    pub storage_writable: IntGauge,
     /// `berth_evictions_total{reason}`
     pub evictions: IntCounterVec,
     /// `berth_evicted_bytes_total{reason}`
@@ -55,6 +61,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `berth_tls_reloads_total{result}` (result: ok|error)
     pub tls_reloads: IntCounterVec,
+    /// What the status page shows besides metrics.
+    activity: Activity,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -74,6 +82,29 @@ pub const AUTH_FAILURE_REASONS: [&str; 6] = [
     "denied",
     "upstream_refused",
 ];
+
+/// Every `reason` of `berth_upstream_errors_total`: connect/DNS/TLS failure, no answer in time,
+/// a 5xx or 429 answer, a request held back by a 429 back-off or an open circuit, a blob fill
+/// broken mid-body, a blob whose bytes did not match its digest.
+pub const UPSTREAM_ERROR_REASONS: [&str; 8] = [
+    "connect",
+    "timeout",
+    "status_5xx",
+    "status_429",
+    "throttled",
+    "circuit_open",
+    "fetch",
+    "digest_mismatch",
+];
+
+/// Request kinds with a cache lookup (`kind` label).
+const CONTENT_KINDS: [&str; 2] = ["manifest", "blob"];
+
+/// Every `kind` of `berth_http_requests_total` except probes (which are not counted).
+const REQUEST_KINDS: [&str; 5] = ["manifest", "blob", "tag_list", "token", "other"];
+
+/// Every `reason` of the eviction counters.
+const EVICTION_REASONS: [&str; 2] = ["size", "free_space"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -123,7 +154,7 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = r.register(Box::new(pc));
         }
-        Metrics {
+        let m = Metrics {
             http_requests: counter(
                 &r,
                 "berth_http_requests_total",
@@ -224,8 +255,66 @@ impl Metrics {
                 "TLS certificate reloads by result",
                 &["result"],
             ),
+            storage_writable: plain_gauge(
+                &r,
+                "berth_storage_writable",
+                "1 while the store can be written, 0 while it cannot",
+            ),
             registry: r,
+            activity: Activity::default(),
+        };
+        m.storage_writable.set(1);
+        for kind in REQUEST_KINDS {
+            m.http_requests.with_label_values(&[kind, "GET", "200"]);
         }
+        for kind in CONTENT_KINDS {
+            for cache in [CacheResult::Hit, CacheResult::Miss] {
+                m.http_duration.with_label_values(&[kind, cache.as_str()]);
+            }
+            for source in [Source::Cache, Source::Upstream] {
+                m.served_bytes.with_label_values(&[kind, source.as_str()]);
+            }
+        }
+        for reason in EVICTION_REASONS {
+            m.evictions.with_label_values(&[reason]);
+            m.evicted_bytes.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            m.tls_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Create every series labelled with `upstream` at 0, so dashboards and alerts see each
+    /// configured upstream from start. A rate-limit limit of 0 means no header was seen.
+    pub fn register_upstream(&self, upstream: &str) {
+        for kind in CONTENT_KINDS {
+            for result in [CacheResult::Hit, CacheResult::Miss] {
+                self.cache_lookups
+                    .with_label_values(&[kind, upstream, result.as_str()]);
+            }
+            self.coalesced.with_label_values(&[kind, upstream]);
+            self.upstream_requests
+                .with_label_values(&[upstream, kind, "GET", "200"]);
+        }
+        self.upstream_fetched_bytes.with_label_values(&["blob", upstream]);
+        self.inflight_fills.with_label_values(&[upstream]);
+        for reason in UPSTREAM_ERROR_REASONS {
+            self.upstream_errors.with_label_values(&[upstream, reason]);
+        }
+        self.upstream_circuit_state.with_label_values(&[upstream]);
+        self.ratelimit_limit.with_label_values(&[upstream]);
+        self.ratelimit_remaining.with_label_values(&[upstream]);
+    }
+
+    /// The status page's recorder.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Whether the store can be written (`berth_storage_writable`).
+    pub fn record_storage_writable(&self, writable: bool) {
+        self.storage_writable.set(i64::from(writable));
     }
 
     /// A cache lookup for a manifest or blob of `upstream`.
@@ -233,6 +322,7 @@ impl Metrics {
         self.cache_lookups
             .with_label_values(&[kind, upstream, result.as_str()])
             .inc();
+        self.activity.record_lookup(result.is_hit());
     }
 
     /// A request that joined another's upstream fetch.
@@ -260,6 +350,7 @@ impl Metrics {
         self.served_bytes
             .with_label_values(&[kind, source.as_str()])
             .inc_by(bytes);
+        self.activity.record_served(source == Source::Cache, bytes);
     }
 
     /// A request sent to an upstream; `code` is the status, `timeout` or `error`.
@@ -284,10 +375,14 @@ impl Metrics {
     /// Record Docker Hub's `ratelimit-limit: 100;w=21600` style headers.
     pub fn record_ratelimit(&self, upstream: &str, h: &HeaderMap) {
         let parse = |name: &str| -> Option<i64> { h.get(name)?.to_str().ok()?.split(';').next()?.trim().parse().ok() };
-        if let Some(l) = parse("ratelimit-limit") {
+        let (limit, remaining) = (parse("ratelimit-limit"), parse("ratelimit-remaining"));
+        if limit.is_some() || remaining.is_some() {
+            self.activity.record_ratelimit(upstream, limit, remaining);
+        }
+        if let Some(l) = limit {
             self.ratelimit_limit.with_label_values(&[upstream]).set(l);
         }
-        if let Some(r) = parse("ratelimit-remaining") {
+        if let Some(r) = remaining {
             self.ratelimit_remaining.with_label_values(&[upstream]).set(r);
             if r < 10 {
                 tracing::warn!(upstream, remaining = r, "upstream rate limit nearly used up");

@@ -1,13 +1,13 @@
 //! The accept loop: TCP -> optional TLS (`tls::Acceptor`) -> hyper-util auto connection
 //! (HTTP/1.1 and h2) -> `ProxyService`, a connection limit taken before accept, header-read
-//! timeout, and graceful drain on shutdown. Also the small `/metrics` listener. No request
-//! logic here.
+//! timeout, and graceful drain on shutdown. Also the small metrics listener (`/metrics` and
+//! the status page on `/`). No request logic here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body;
 use crate::http::{ConnInfo, ProxyService};
-use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::status;
 use crate::tls::{Acceptor, Stream};
 
 /// Serve the registry API on `listener` (over TLS when `tls` is set) until `stop` is
@@ -92,33 +92,40 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
     }
 }
 
-/// Serve `GET /metrics` (Prometheus text) on its own listener until `stop`.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Serve the metrics listener until `stop`: `GET /metrics` (Prometheus text) and `GET /`
+/// (the status page, HTML).
+pub async fn serve_metrics(listener: TcpListener, state: AppState, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = stop.cancelled() => return,
         };
-        let metrics = metrics.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let mut resp = if req.uri().path() == "/metrics" {
-                        Response::new(body::full(metrics.encode()))
-                    } else {
-                        let mut r = Response::new(body::full("not found\n"));
-                        *r.status_mut() = http::StatusCode::NOT_FOUND;
-                        r
-                    };
-                    resp.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(metrics_listener_response(&state, req.uri().path())) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+fn metrics_listener_response(state: &AppState, path: &str) -> Response<body::Body> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", body::full(state.metrics.encode())),
+        "/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            body::full(status::render(&status::snapshot(state))),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", body::full("not found\n")),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }

@@ -13,7 +13,7 @@ use common::{get, random_bytes, FakeRegistry, TestProxy, DOCKER_MANIFEST, OCI_MA
 
 /// Contracted metric names (issue 9: breaker state gauge, store writability) that the
 /// dashboard and alerts may use before the change registering them has landed.
-const PLANNED: &[&str] = &["berth_upstream_circuit_state", "berth_storage_writable"];
+const PLANNED: &[&str] = &[];
 
 /// Files whose `berth_*` references must exist.
 const REFERENCING_FILES: &[&str] = &[
@@ -145,5 +145,103 @@ fn referenced_metrics_finds_names_when_they_sit_in_promql() {
     assert_eq!(
         names,
         BTreeSet::from(["berth_http_request_duration_seconds_bucket".to_string()])
+    );
+}
+
+/// The metric families README's Operations section documents, `berth_` added, as
+/// `(name, labels)`: `storage_{used_bytes,objects}` expands to two families, `{kind,code}`
+/// after a name lists its labels; `process_*` stays a prefix.
+fn documented_families(readme: &str) -> Vec<(String, Vec<String>)> {
+    let start = readme
+        .find("- **Metrics** (prefix `berth_`):")
+        .expect("README documents the metrics");
+    let text = &readme[start..];
+    let end = text[1..].find("\n- **").map_or(text.len(), |n| n + 1);
+    let mut out = Vec::new();
+    for span in text[..end].split('`').skip(1).step_by(2).skip(1) {
+        let (stem, rest) = match span.find("_{") {
+            Some(i) => (&span[..=i], &span[i + 1..]),
+            None => ("", span),
+        };
+        let (alternatives, labels) = match stem {
+            "" => (vec![rest.split('{').next().unwrap_or(rest)], rest.split_once('{').map(|x| x.1)),
+            _ => {
+                let (alts, after) = rest[1..].split_once('}').expect("closed brace");
+                (alts.split(',').collect(), after.strip_prefix('{'))
+            }
+        };
+        let labels: Vec<String> = labels
+            .map(|l| l.trim_end_matches('}').split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        for alt in alternatives {
+            out.push((format!("berth_{stem}{alt}"), labels.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn documented_families_expand_braces_and_keep_labels() {
+    let readme = "- **Metrics** (prefix `berth_`): `a_total{kind,code}`, `s_{x,y_bytes}{up}`, `build_info`,\n  `process_*`.\n- **Next**: `not_this`";
+    let names = documented_families(readme);
+    let want = [
+        ("berth_a_total", vec!["kind", "code"]),
+        ("berth_s_x", vec!["up"]),
+        ("berth_s_y_bytes", vec!["up"]),
+        ("berth_build_info", vec![]),
+        ("berth_process_*", vec![]),
+    ];
+    let want: Vec<(String, Vec<String>)> = want
+        .iter()
+        .map(|(n, l)| (n.to_string(), l.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(names, want);
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_served_for_every_upstream_when_berth_has_just_started() {
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let families = documented_families(&readme);
+    assert!(families.len() > 20, "README lists the metrics: {families:?}");
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start(
+        &upstream.url(),
+        "[upstreams.quay]\nurl = \"http://127.0.0.1:9\"\naliases = [\"quay.io\"]\n",
+    )
+    .await;
+    // Right after start: nothing has been requested yet.
+    let page = proxy.metrics().await;
+    let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut missing = Vec::new();
+    for (name, labels) in &families {
+        let family: Vec<&&str> = match name.strip_suffix('*') {
+            // `process_*` are the process collector's, not prefixed with berth_.
+            Some(prefix) => {
+                let prefix = prefix.trim_start_matches("berth_");
+                samples.iter().filter(|l| l.starts_with(prefix)).collect()
+            }
+            None => samples
+                .iter()
+                .filter(|l| {
+                    l.strip_prefix(name.as_str())
+                        .is_some_and(|r| r.starts_with(['{', ' ']) || r.starts_with("_bucket{"))
+                })
+                .collect(),
+        };
+        if family.is_empty() {
+            missing.push(name.clone());
+            continue;
+        }
+        if labels.iter().any(|l| l == "upstream") {
+            for up in ["hub", "quay"] {
+                if !family.iter().any(|l| l.contains(&format!("upstream=\"{up}\""))) {
+                    missing.push(format!("{name}{{upstream=\"{up}\"}}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented in README but not served right after start: {missing:?}\n--- /metrics ---\n{page}"
     );
 }

@@ -48,6 +48,10 @@ pub enum Progress {
 
 /// A fill in progress that readers can follow.
 pub struct Fill {
+    /// The upstream it fetches from.
+    upstream: String,
+    /// The repository it fetches under.
+    repo: RepoName,
     /// The spool's file, set by the fill task before it publishes any byte.
     file: OnceLock<Arc<File>>,
     progress: watch::Receiver<Progress>,
@@ -118,6 +122,21 @@ impl Fill {
     }
 }
 
+/// One fill in progress, as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct FillStatus {
+    /// The upstream it fetches from.
+    pub upstream: String,
+    /// The repository it fetches under.
+    pub repo: RepoName,
+    /// The blob.
+    pub digest: Digest,
+    /// Bytes written so far.
+    pub written: u64,
+    /// The size, when known.
+    pub total: Option<u64>,
+}
+
 /// What a blob request should read from.
 pub enum Source {
     /// The blob was committed while we looked; open it from the store.
@@ -166,6 +185,31 @@ impl Fills {
         }
     }
 
+    /// The fills in progress and how far each is, largest first.
+    pub fn in_progress(&self) -> Vec<FillStatus> {
+        let mut all: Vec<FillStatus> = self
+            .inflight
+            .entries()
+            .into_iter()
+            .map(|(digest, fill)| {
+                let (written, total) = match &*fill.progress.borrow() {
+                    Progress::Streaming { written, total } => (*written, *total),
+                    Progress::Verified { size } => (*size, Some(*size)),
+                    Progress::Connecting | Progress::Failed(_) => (0, None),
+                };
+                FillStatus {
+                    upstream: fill.upstream.clone(),
+                    repo: fill.repo.clone(),
+                    digest,
+                    written,
+                    total,
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.digest.to_string().cmp(&b.digest.to_string())));
+        all
+    }
+
     /// Join the fill for `digest`, or start one fetching it from `upstream` under `repo`.
     /// Touches no disk: the fill task creates its spool.
     pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Source {
@@ -178,6 +222,8 @@ impl Fills {
             let (tx, rx) = watch::channel(Progress::Connecting);
             sender = Some(tx);
             Some(Arc::new(Fill {
+                upstream: upstream.name().to_string(),
+                repo: repo.clone(),
                 file: OnceLock::new(),
                 progress: rx,
             }))
@@ -251,6 +297,11 @@ impl Fills {
                 _ => "fetch",
             };
             self.metrics.record_upstream_error(upstream.name(), reason);
+        }
+        if !matches!(e, Error::ShuttingDown | Error::Uncacheable) {
+            self.metrics
+                .activity()
+                .record_error(Some(upstream.name()), format!("blob fill {repo}@{digest}: {e}"));
         }
         match e {
             Error::ShuttingDown | Error::Uncacheable => {

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -125,15 +125,25 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         _ => "other",
     };
     state.metrics.http_inflight.inc();
+    // Set by `dispatch` once the request names an upstream (for the log and the status page).
+    let upstream = OnceLock::new();
     let result = match route {
-        Ok(r) => dispatch(&state, r, &query, &info, &presented, &caller).await,
+        Ok(r) => dispatch(&state, r, &query, &info, &presented, &caller, &upstream).await,
         Err(e) => Err(e),
     };
+    let upstream = upstream.into_inner();
     let mut resp = result.unwrap_or_else(|e| {
+        let up = upstream.as_deref();
         match e.origin() {
-            Origin::Client => tracing::debug!(method = %method, path, error = %e, "bad request"),
-            Origin::Upstream => tracing::warn!(method = %method, path, error = %e, "upstream error"),
-            Origin::Internal => tracing::error!(method = %method, path, error = %e, "internal error"),
+            Origin::Client => tracing::debug!(method = %method, path, upstream = up, error = %e, "bad request"),
+            Origin::Upstream => tracing::warn!(method = %method, path, upstream = up, error = %e, "upstream error"),
+            Origin::Internal => tracing::error!(method = %method, path, upstream = up, error = %e, "internal error"),
+        }
+        if e.origin() != Origin::Client {
+            state
+                .metrics
+                .activity()
+                .record_error(up, format!("{method} {path}: {e}"));
         }
         e.to_response(info.is_head)
     });
@@ -147,17 +157,22 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         }
     }
     let cache = resp.extensions().get::<CacheResult>().copied();
+    // A body with nothing to send (a HEAD answer, an empty body) is complete as it stands:
+    // hyper may never poll it.
+    let complete = http_body::Body::is_end_stream(resp.body());
     let log = AccessLog {
         metrics: state.metrics.clone(),
+        client: conn.peer,
         method,
         path,
+        upstream,
         ns: query.ns,
         status: resp.status(),
         kind,
         cache,
         start,
         bytes: 0,
-        complete: false,
+        complete,
     };
     resp.map(|b| LoggedBody { inner: b, log }.boxed_unsync())
 }
@@ -169,6 +184,7 @@ async fn dispatch(
     info: &RequestInfo,
     presented: &Presented,
     caller: &Caller,
+    upstream: &OnceLock<String>,
 ) -> Result<Response<Body>, Error> {
     // Resolve the upstream, then let `auth` decide before anything touches the store or it.
     let resolve = |name: RepoName| async move {
@@ -179,10 +195,12 @@ async fn dispatch(
                 RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
                 RouteError::UnknownRegistry { host, known } => Error::UnknownRegistry { host, known },
             })?;
+        let _ = upstream.set(up.name().to_string());
         state.auth.authorize(presented, caller, &up, &repo, &name).await?;
         Ok::<_, Error>((up, repo))
     };
     match route {
+        Route::Root => Ok(api::base::root(info.is_head, state.config.metrics.listen)),
         Route::Base => {
             state.auth.check_base(presented, caller).await?;
             Ok(api::base::get(info.is_head))
@@ -233,8 +251,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// The access-log line and request metrics, emitted once when the body is done or dropped.
 struct AccessLog {
     metrics: Arc<Metrics>,
+    client: SocketAddr,
     method: Method,
     path: String,
+    /// The upstream the request was routed to, if it named one.
+    upstream: Option<String>,
     ns: Option<String>,
     status: StatusCode,
     kind: &'static str,
@@ -254,8 +275,10 @@ impl Drop for AccessLog {
         let secs = self.start.elapsed().as_secs_f64();
         m.record_request(self.kind, &self.method, self.status, self.cache, secs, self.bytes);
         tracing::info!(
+            client = %self.client,
             method = %self.method,
             path = %self.path,
+            upstream = self.upstream.as_deref(),
             ns = self.ns.as_deref(),
             status = self.status.as_u16(),
             bytes = self.bytes,

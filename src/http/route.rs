@@ -12,6 +12,8 @@ const MAX_PATH_LEN: usize = 1024;
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`: a plain-text hint for people who open berth in a browser.
+    Root,
     /// `GET /v2/`
     Base,
     /// `GET /livez`
@@ -43,6 +45,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
         return Err(Error::NameInvalid);
     }
     match path {
+        "/" => return only_get(method, Route::Root),
         "/livez" | "/healthz" => return only_get(method, Route::Live),
         "/readyz" => return only_get(method, Route::Ready),
         // containerd tries an OAuth POST first and falls back to GET on 405.
@@ -122,6 +125,7 @@ mod tests {
 
     fn code(method: Method, path: &str) -> Result<&'static str, &'static str> {
         match parse(&method, path) {
+            Ok(Route::Root) => Ok("root"),
             Ok(Route::Base) => Ok("base"),
             Ok(Route::Live) => Ok("live"),
             Ok(Route::Ready) => Ok("ready"),
@@ -139,6 +143,9 @@ mod tests {
         use Method as M;
         let deep = format!("/v2/{}/manifests/latest", "a/".repeat(20) + "z");
         let cases: Vec<(Method, String, Result<&str, &str>)> = vec![
+            (M::GET, "/".into(), Ok("root")),
+            (M::HEAD, "/".into(), Ok("root")),
+            (M::POST, "/".into(), Err("UNSUPPORTED")),
             (M::GET, "/v2/".into(), Ok("base")),
             (M::GET, "/v2".into(), Ok("base")),
             (M::GET, "/livez".into(), Ok("live")),

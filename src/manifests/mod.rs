@@ -92,6 +92,10 @@ impl Manifests {
             Reference::Tag(t) => self.by_tag(up, repo, t).await?,
         };
         self.metrics.record_lookup("manifest", up.name(), result);
+        // A pull starts with the tag (docker GETs it, containerd HEADs it); digests follow.
+        if let Reference::Tag(t) = reference {
+            self.metrics.activity().record_pull(up.name(), &format!("{repo}:{t}"));
+        }
         Ok((m, result))
     }
 

@@ -208,11 +208,16 @@ impl Breaker {
 
     /// Closed, open or half-open (for metrics).
     pub fn state(&self) -> CircuitState {
+        self.status().0
+    }
+
+    /// The position and, unless closed, why and since when it opened (for the status page).
+    pub fn status(&self) -> (CircuitState, Option<Opened>) {
         let s = self.lock();
         match (&s.open, s.probing) {
-            (None, _) => CircuitState::Closed,
-            (Some(_), true) => CircuitState::HalfOpen,
-            (Some(_), false) => CircuitState::Open,
+            (None, _) => (CircuitState::Closed, None),
+            (Some((_, o)), true) => (CircuitState::HalfOpen, Some(o.clone())),
+            (Some((_, o)), false) => (CircuitState::Open, Some(o.clone())),
         }
     }
 }

@@ -177,6 +177,7 @@ impl Upstream {
             client_check_ttl: cfg.client_check_ttl,
             metrics,
         };
+        up.metrics.register_upstream(name);
         up.record_circuit();
         Ok(up)
     }
@@ -184,6 +185,11 @@ impl Upstream {
     /// The config name (metrics label, store directory).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The breaker's position and, unless closed, why it opened.
+    pub fn circuit(&self) -> (CircuitState, Option<Opened>) {
+        self.breaker.status()
     }
 
     /// Docker Hub adds `library/` to one-component names.

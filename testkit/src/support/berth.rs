@@ -25,6 +25,8 @@ pub struct BerthConfig {
     pub extra: String,
     /// Adds `[metrics] listen = "127.0.0.1:PORT"` on a free port.
     pub metrics: bool,
+    /// `[log] format`: `json` (what [`Berth::requests`] parses) unless a test reads the text.
+    pub log_format: String,
 }
 
 impl BerthConfig {
@@ -35,6 +37,7 @@ impl BerthConfig {
             cache: "manifest_ttl = \"10m\"\n".to_string(),
             extra: String::new(),
             metrics: false,
+            log_format: "json".to_string(),
         }
     }
 
@@ -53,6 +56,12 @@ impl BerthConfig {
 
     pub fn metrics(mut self) -> BerthConfig {
         self.metrics = true;
+        self
+    }
+
+    /// Sets `[log] format` (`json`, `text` or `auto`).
+    pub fn log_format(mut self, format: &str) -> BerthConfig {
+        self.log_format = format.to_string();
         self
     }
 }
@@ -178,8 +187,9 @@ impl Berth {
 
     fn write_config(&self) {
         let mut toml = format!(
-            "[server]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\n\n[storage]\npath = \"{}\"\n\n[cache]\n{}\n",
+            "[server]\nlisten = \"{}\"\n\n[log]\nformat = \"{}\"\n\n[storage]\npath = \"{}\"\n\n[cache]\n{}\n",
             self.addr(),
+            self.config.log_format,
             toml_escape(&self.storage_dir()),
             self.config.cache.trim_end(),
         );
