@@ -182,7 +182,8 @@ fn default_tls_reload_interval() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address for `GET /metrics` (Prometheus text). Unset: no metrics listener.
+    /// Address for `GET /metrics` (Prometheus text) and `GET /` (the status page). Unset: no
+    /// metrics listener.
     pub listen: Option<SocketAddr>,
 }
 

@@ -290,8 +290,7 @@ impl Metrics {
     pub fn register_upstream(&self, upstream: &str) {
         for kind in CONTENT_KINDS {
             for result in [CacheResult::Hit, CacheResult::Miss] {
-                self.cache_lookups
-                    .with_label_values(&[kind, upstream, result.as_str()]);
+                self.cache_lookups.with_label_values(&[kind, upstream, result.as_str()]);
             }
             self.coalesced.with_label_values(&[kind, upstream]);
             self.upstream_requests

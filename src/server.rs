@@ -115,7 +115,11 @@ pub async fn serve_metrics(listener: TcpListener, state: AppState, stop: Cancell
 
 fn metrics_listener_response(state: &AppState, path: &str) -> Response<body::Body> {
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", body::full(state.metrics.encode())),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            body::full(state.metrics.encode()),
+        ),
         "/" => (
             StatusCode::OK,
             "text/html; charset=utf-8",

@@ -237,6 +237,27 @@ async fn base_endpoint_and_probes_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_answers_a_plain_hint_when_a_person_opens_berth_in_a_browser() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let r = get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200, "not 404 NAME_UNKNOWN: {:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let text = String::from_utf8(r.bytes().to_vec()).unwrap();
+    for expected in [
+        "pull-through caching proxy",
+        "/v2/",
+        "Status page: not enabled: set [metrics] listen",
+    ] {
+        assert!(text.contains(expected), "hint lacks {expected:?}: {text}");
+    }
+    let h = head(&proxy.url("/"), &[]).await;
+    assert_eq!(h.status, 200);
+    assert!(h.bytes().is_empty(), "HEAD has no body");
+    assert_eq!(fake.total_hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_are_fetched_once_and_reused() {
     let fake = FakeRegistry::start().await;
     fake.require_token("s3cret-token");

@@ -164,7 +164,10 @@ fn documented_families(readme: &str) -> Vec<(String, Vec<String>)> {
             None => ("", span),
         };
         let (alternatives, labels) = match stem {
-            "" => (vec![rest.split('{').next().unwrap_or(rest)], rest.split_once('{').map(|x| x.1)),
+            "" => (
+                vec![rest.split('{').next().unwrap_or(rest)],
+                rest.split_once('{').map(|x| x.1),
+            ),
             _ => {
                 let (alts, after) = rest[1..].split_once('}').expect("closed brace");
                 (alts.split(',').collect(), after.strip_prefix('{'))

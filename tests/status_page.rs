@@ -111,10 +111,22 @@ fn status_page_shows_pulls_upstreams_and_errors_when_opened_in_chromium() {
     // The unreachable upstream: the first failure opens its circuit, the second fails fast.
     for _ in 0..2 {
         let r = http::get(&berth.addr(), "/v2/dead.example/app/manifests/1", &[]).expect("GET through berth");
-        assert!(r.status >= 500, "unreachable upstream answers 5xx, got {}: {}", r.status, r.text());
+        assert!(
+            r.status >= 500,
+            "unreachable upstream answers 5xx, got {}: {}",
+            r.status,
+            r.text()
+        );
     }
 
     let url = format!("http://{metrics_addr}/");
+    let hint = http::get(&berth.addr(), "/", &[]).expect("GET / on the registry port");
+    assert_eq!(hint.status, 200, "{}", hint.text());
+    assert!(
+        hint.text().contains(&format!("Status page: {url}")),
+        "the registry port points at the status page: {}",
+        hint.text()
+    );
     let served = http::get(&metrics_addr, "/", &[]).expect("GET the status page");
     assert_eq!(served.status, 200, "{}", served.text());
     assert_eq!(served.header("content-type"), Some("text/html; charset=utf-8"));
@@ -127,7 +139,10 @@ fn status_page_shows_pulls_upstreams_and_errors_when_opened_in_chromium() {
         .collect();
     assert!(console.is_empty(), "the page logged to the console: {console:#?}");
     let dom = &dumped.stdout;
-    assert!(dom.contains("<title>berth status</title>"), "not the status page:\n{dom}");
+    assert!(
+        dom.contains("<title>berth status</title>"),
+        "not the status page:\n{dom}"
+    );
 
     let health = section(dom, "health");
     assert!(health.contains("ready: yes"), "{health}");
@@ -165,12 +180,18 @@ fn status_page_shows_pulls_upstreams_and_errors_when_opened_in_chromium() {
     );
 
     let upstreams = section(dom, "upstreams");
-    assert!(upstreams.contains(&format!("hub {}/ closed", upstream.url())), "{upstreams}");
+    assert!(
+        upstreams.contains(&format!("hub {}/ closed", upstream.url())),
+        "{upstreams}"
+    );
     assert!(
         upstreams.contains(&format!("dead http://127.0.0.1:{dead}/ open since")),
         "{upstreams}"
     );
-    assert!(upstreams.contains(&format!("127.0.0.1:{dead}")), "the cause names the host: {upstreams}");
+    assert!(
+        upstreams.contains(&format!("127.0.0.1:{dead}")),
+        "the cause names the host: {upstreams}"
+    );
 
     let errors = section(dom, "errors");
     assert!(errors.contains("GET /v2/dead.example/app/manifests/1"), "{errors}");
@@ -187,7 +208,15 @@ fn status_page_shows_pulls_upstreams_and_errors_when_opened_in_chromium() {
         ],
     );
     let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("read {}: {e}", png.display()));
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", png.display());
-    assert!(bytes.len() > 10_000, "a rendered page, not a blank: {} bytes", bytes.len());
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        png.display()
+    );
+    assert!(
+        bytes.len() > 10_000,
+        "a rendered page, not a blank: {} bytes",
+        bytes.len()
+    );
     println!("status page screenshot: {}", png.display());
 }

@@ -206,7 +206,11 @@ impl Fills {
                 }
             })
             .collect();
-        all.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.digest.to_string().cmp(&b.digest.to_string())));
+        all.sort_by(|a, b| {
+            b.total
+                .cmp(&a.total)
+                .then_with(|| a.digest.to_string().cmp(&b.digest.to_string()))
+        });
         all
     }
 

@@ -65,11 +65,7 @@ impl TopCounter {
             return;
         }
         if self.counts.len() >= self.cap {
-            let lowest = self
-                .counts
-                .iter()
-                .min_by_key(|(_, n)| **n)
-                .map(|(k, _)| k.clone());
+            let lowest = self.counts.iter().min_by_key(|(_, n)| **n).map(|(k, _)| k.clone());
             if let Some(k) = lowest {
                 self.counts.remove(&k);
             }
@@ -232,7 +228,11 @@ mod tests {
             a.record_pull("hub", &format!("one-off/{i}:x"));
         }
         let r = a.lock();
-        assert!(r.pulls.counts.len() <= TRACKED_IMAGES, "bounded: {}", r.pulls.counts.len());
+        assert!(
+            r.pulls.counts.len() <= TRACKED_IMAGES,
+            "bounded: {}",
+            r.pulls.counts.len()
+        );
         drop(r);
         let top = a.top_pulls(3);
         assert_eq!(
@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(errors[0].message, "internal", "newest first");
         assert_eq!(errors[1].message, format!("e{}", RECENT_ERRORS + 4));
         let hub = a.upstream("hub");
-        assert_eq!(hub.last_error.map(|e| e.message), Some(format!("e{}", RECENT_ERRORS + 4)));
+        assert_eq!(
+            hub.last_error.map(|e| e.message),
+            Some(format!("e{}", RECENT_ERRORS + 4))
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25em .6
 border-bottom:1px solid #ddd;vertical-align:top}th{background:#f4f4f4}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}code{font-size:.95em;word-break:break-all}\
 .ok{color:#176f2c;font-weight:600}.bad{color:#b00020;font-weight:600}.warn{color:#a15c00;font-weight:600}\
-.muted{color:#777}.tiles{display:flex;flex-wrap:wrap;gap:1em}.tile{border:1px solid #ddd;\
+.muted{color:#777}code.url{word-break:normal;white-space:nowrap}.tiles{display:flex;flex-wrap:wrap;gap:1em}.tile{border:1px solid #ddd;\
 border-radius:6px;padding:.6em 1em;min-width:11em}.tile b{display:block;font-size:1.4em}";
 
 /// The whole page.
@@ -138,11 +138,7 @@ fn health(h: &mut String, s: &Snapshot) {
     } else {
         let _ = write!(h, "<span class=\"bad\">no</span> ({})", escape(&s.not_ready.join("; ")));
     }
-    let open = s
-        .upstreams
-        .iter()
-        .filter(|u| u.circuit != CircuitState::Closed)
-        .count();
+    let open = s.upstreams.iter().filter(|u| u.circuit != CircuitState::Closed).count();
     if open > 0 {
         let _ = write!(
             h,
@@ -160,11 +156,7 @@ fn cache(h: &mut String, s: &Snapshot) {
     };
     let st = &s.storage;
     let cap = match st.limit {
-        Some(l) if l > 0 => format!(
-            "of {} ({:.0} %)",
-            human_bytes(l),
-            st.used as f64 * 100.0 / l as f64
-        ),
+        Some(l) if l > 0 => format!("of {} ({:.0} %)", human_bytes(l), st.used as f64 * 100.0 / l as f64),
         _ => "no max_size".to_string(),
     };
     let free = st.free.map_or("free space unknown".to_string(), |f| {
@@ -174,13 +166,13 @@ fn cache(h: &mut String, s: &Snapshot) {
         true => "<span class=\"ok\">writable</span>",
         false => "<span class=\"bad\">not writable</span>",
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<h2>Cache</h2><div class=\"tiles\">\
          <div class=\"tile\" id=\"storage\">Store<b>{}</b>{cap}<br>{} objects · {free} · {writable}</div>\
          <div class=\"tile\" id=\"hit-ratio\">Hit ratio since start<b>{ratio}</b>{} of {} lookups</div>\
          <div class=\"tile\" id=\"bytes-saved\">Bytes saved since start<b>{}</b>served from cache \
-         ({} bytes); {} from upstreams</div></div>\n",
+         ({} bytes); {} from upstreams</div></div>",
         human_bytes(st.used),
         st.objects,
         t.hits,
@@ -216,13 +208,15 @@ fn upstreams(h: &mut String, s: &Snapshot) {
             (Some(r), None) => r.to_string(),
             _ => "<span class=\"muted\">no header seen</span>".to_string(),
         };
-        let last = a.last_error.as_ref().map_or(
-            "<span class=\"muted\">none</span>".to_string(),
-            |e| format!("{} ({} ago): {}", time(e.at), ago(s.now, e.at), escape(&e.message)),
-        );
+        let last = a
+            .last_error
+            .as_ref()
+            .map_or("<span class=\"muted\">none</span>".to_string(), |e| {
+                format!("{} ({} ago): {}", time(e.at), ago(s.now, e.at), escape(&e.message))
+            });
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{circuit}</td><td>{ratelimit}</td><td>{last}</td></tr>",
+            "<tr><td>{}</td><td><code class=\"url\">{}</code></td><td>{circuit}</td><td>{ratelimit}</td><td>{last}</td></tr>",
             escape(&u.name),
             escape(&u.url),
         );
