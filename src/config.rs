@@ -438,7 +438,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 18 {
         return Err(invalid());
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| invalid())?
+    };
     let frac_bytes = if frac.is_empty() {
         0
     } else {

@@ -2,7 +2,7 @@
 //! stderr going to a file (not a terminal), a HEAD and a GET through it to a real
 //! docker-registry upstream, and the lines it wrote.
 
-mod support;
+use berth_testkit::support;
 
 use std::time::{Duration, Instant};
 

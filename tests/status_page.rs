@@ -5,7 +5,7 @@
 //! each upstream's circuit and the recent errors. The screenshot is kept in the test's temp
 //! dir under `CARGO_TARGET_TMPDIR`, and its path printed.
 
-mod support;
+use berth_testkit::support;
 
 use std::path::Path;
 use std::process::Command;

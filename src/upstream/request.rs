@@ -299,8 +299,11 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// RFC 3986 unreserved characters; everything else in a query value is percent-encoded.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Percent-encode a query value (RFC 3986 unreserved characters pass).
 pub fn encode_query(s: &str) -> String {

@@ -21,6 +21,10 @@ pub fn berth_binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("test binaries live in target/<profile>/deps");
     let bin = profile_dir.join(format!("berth{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} not built: run the tests with cargo, which builds it", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with cargo, which builds it",
+        bin.display()
+    );
     bin
 }
