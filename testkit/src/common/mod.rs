@@ -601,6 +601,15 @@ impl TestProxy {
         let r = get(&format!("http://{}/metrics", self.metrics_addr), &[]).await;
         String::from_utf8(r.body.unwrap().to_vec()).unwrap()
     }
+
+    /// The value of one series, written exactly as `/metrics` prints it
+    /// (`name{label="v",...}`, labels sorted), or `None` when it is not served.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
 }
 
 impl Drop for TestProxy {
