@@ -148,16 +148,10 @@ fn parse(text: &str, file: &Path, env: impl IntoIterator<Item = (String, String)
                 path.push(Step::Key(field));
             }
         }
-        // A bad array element: the whole array goes (removing one would renumber the rest).
-        while matches!(path.last(), Some(Step::Index(_))) {
-            path.pop();
-        }
         let missing = named.filter(|_| message.starts_with("missing field"));
-        let ours = missing.as_ref().is_some_and(|f| {
-            let mut p = path.clone();
-            p.push(Step::Key(f.clone()));
-            removed.contains(&p)
-        });
+        let ours = missing
+            .as_ref()
+            .is_some_and(|f| removed.contains(&[path.clone(), vec![Step::Key(f.clone())]].concat()));
         if !ours {
             let origin = match overrides.iter().find(|(o, _)| path.starts_with(o)) {
                 Some((_, var)) => Origin::Env(var.clone()),
@@ -172,12 +166,22 @@ fn parse(text: &str, file: &Path, env: impl IntoIterator<Item = (String, String)
             };
             problems.push(KeyError { origin, key, message });
         }
-        // A missing field cannot be removed; its table can, to look further.
-        if path.is_empty() || !remove(&mut doc, &path) {
+        // Remove what is wrong and look further. A bad array element takes its whole array
+        // (removing one would renumber the rest); a missing field, its table.
+        let mut target = path;
+        while matches!(target.last(), Some(Step::Index(_))) {
+            target.pop();
+        }
+        if target.is_empty() || !remove(&mut doc, &target) {
             break;
         }
-        removed.insert(path);
+        removed.insert(target);
     }
+    // In file order; the environment's after the file's.
+    problems.sort_by_key(|p| match &p.origin {
+        Origin::File { line, .. } => (0, line.unwrap_or(0)),
+        Origin::Env(_) => (1, 0),
+    });
     Err(LoadError::Invalid(problems))
 }
 

@@ -133,3 +133,21 @@ fn sizes_parse_with_iec_and_si_units() {
         (Some(2 << 20), Some(1000))
     );
 }
+
+#[test]
+fn every_unknown_key_and_bad_type_is_reported_in_file_order_with_its_line() {
+    let text = format!("{BASE}[[auth.rules]]\nusers = \"a\"\nbar = 2\n");
+    let problems = match Config::from_toml_str(&text) {
+        Err(LoadError::Invalid(p)) => p.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("config:9: auth.rules[0].users: invalid type: string \"a\""),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].starts_with("config:10: auth.rules[0].bar: unknown field `bar`"),
+        "{problems:#?}"
+    );
+}
