@@ -259,6 +259,9 @@ pub struct CacheConfig {
     /// How long an upstream 404 for a tag is remembered.
     #[serde(deserialize_with = "duration")]
     pub negative_ttl: Duration,
+    /// How long an upstream's referrers answer (or its lack of the referrers API) is trusted.
+    #[serde(deserialize_with = "duration")]
+    pub referrers_ttl: Duration,
     /// Bytes of manifests kept in memory for the by-tag hot path.
     pub memory_bytes: u64,
 }
@@ -269,6 +272,7 @@ impl Default for CacheConfig {
             manifest_ttl: Duration::from_secs(600),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
+            referrers_ttl: Duration::from_secs(60),
             memory_bytes: 64 << 20,
         }
     }

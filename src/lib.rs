@@ -15,6 +15,7 @@
 //!                 rules, client upstream rights: the one gate before store and upstream
 //! manifests/      the manifest service: freshness, revalidation, stale-if-error, flight
 //!                 keys, verification, tag moves, negative cache, memory over the store
+//! referrers/      the referrers API: upstream pages merged and cached, or the fallback tag
 //! fill/           single-flight blob fills streamed to every reader from the temp file
 //! coalesce.rs     single-flight for manifest fetches and tag revalidations
 //! store/          content-addressed files (cas), index, eviction, tag records, pins
@@ -56,6 +57,7 @@ pub mod http;
 pub mod manifests;
 pub mod metrics;
 pub mod oci;
+pub mod referrers;
 pub mod server;
 pub mod state;
 pub mod status;

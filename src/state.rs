@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
+use crate::referrers::Referrers;
 use crate::store::{BlobStore, ContentStore, Evictor, Limits};
 use crate::upstream::UpstreamSet;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub evictor: Arc<Evictor>,
     /// The manifest service (tags, freshness, revalidation, coalesced fetches).
     pub manifests: Manifests,
+    /// The referrers service (API answers cached per subject, or the fallback tag).
+    pub referrers: Referrers,
     /// Blob fills in progress.
     pub fills: Fills,
     /// Metrics.
@@ -68,6 +71,14 @@ impl AppState {
             config.cache.negative_ttl,
         );
         let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error, tasks.clone());
+        let referrers = Referrers::new(
+            manifests.clone(),
+            metrics.clone(),
+            config.cache.referrers_ttl,
+            config.cache.stale_if_error,
+            config.cache.memory_bytes / 4,
+            tasks.clone(),
+        );
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let auth = Arc::new(Auth::from_config(&config, metrics.clone())?);
         let fills = Fills::new(
@@ -85,6 +96,7 @@ impl AppState {
             blobs,
             evictor,
             manifests,
+            referrers,
             fills,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),

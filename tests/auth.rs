@@ -295,3 +295,36 @@ async fn verified_clients_share_one_cached_copy_and_refused_ones_get_403() {
     assert_eq!(failures(&m, "upstream_refused"), 2);
     assert!(!m.contains("guess") && !m.contains("two"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_follow_the_access_rules_of_manifests() {
+    let fake = FakeRegistry::start().await;
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(100)]);
+    let (up, _pw) = private_upstream(&fake);
+    let users = htpasswd(&[("alice", "a"), ("bob", "b")]);
+    let rules = "[[auth.rules]]\nusers = [\"alice\"]\nrepositories = [\"library/*\"]\n";
+    let proxy = TestProxy::start(
+        &fake.url(),
+        &format!("{up}[auth]\nhtpasswd = {:?}\n{rules}", users.path()),
+    )
+    .await;
+    let url = proxy.url(&format!("/v2/library/app/referrers/{digest}"));
+
+    let r = get(&url, &[]).await;
+    assert_eq!(r.status, 401, "anonymous: challenged like a manifest pull");
+    assert!(r.header("www-authenticate").is_some());
+    let r = get(&url, &[("authorization", &basic("bob", "b"))]).await;
+    assert_eq!(
+        (r.status, r.json()["errors"][0]["code"].as_str()),
+        (403, Some("DENIED"))
+    );
+    assert_eq!(
+        fake.total_hits(),
+        0,
+        "a refused referrers request never reaches the upstream"
+    );
+
+    let r = get(&url, &[("authorization", &basic("alice", "a"))]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["manifests"], serde_json::json!([]));
+}

@@ -6,6 +6,7 @@
 pub mod base;
 pub mod blobs;
 pub mod manifests;
+pub mod referrers;
 pub mod tags;
 pub mod token;
 

@@ -120,6 +120,7 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         Ok(Route::Manifest(..)) => "manifest",
         Ok(Route::Blob(..)) => "blob",
         Ok(Route::Tags(..)) => "tag_list",
+        Ok(Route::Referrers(..)) => "referrers",
         Ok(Route::Live | Route::Ready) => "probe",
         Ok(Route::Token) => "token",
         _ => "other",
@@ -151,7 +152,7 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
-    if query.ns.is_some() && matches!(kind, "manifest" | "blob" | "tag_list") {
+    if query.ns.is_some() && matches!(kind, "manifest" | "blob" | "tag_list" | "referrers") {
         if let Some(ns) = query.ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
             resp.headers_mut().insert("oci-namespace", ns);
         }
@@ -220,6 +221,10 @@ async fn dispatch(
         Route::Tags(name) => {
             let (up, repo) = resolve(name).await?;
             api::tags::get(&up, &repo, &query.passthrough, info.is_head).await
+        }
+        Route::Referrers(name, subject) => {
+            let (up, repo) = resolve(name).await?;
+            api::referrers::get(state, info, &up, &repo, &subject, &query.passthrough).await
         }
     }
 }

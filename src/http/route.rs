@@ -28,6 +28,8 @@ pub enum Route {
     Blob(RepoName, Digest),
     /// `GET /v2/<name>/tags/list`
     Tags(RepoName),
+    /// `GET|HEAD /v2/<name>/referrers/<digest>` (OCI distribution-spec 1.1)
+    Referrers(RepoName, Digest),
 }
 
 /// The query parameters berth uses.
@@ -35,7 +37,8 @@ pub enum Route {
 pub struct Query {
     /// containerd's `ns=<registry>`: which upstream the client means.
     pub ns: Option<String>,
-    /// The rest, passed upstream for `tags/list` (`n`, `last`).
+    /// The rest: passed upstream for `tags/list` (`n`, `last`); `artifactType` filters
+    /// referrers.
     pub passthrough: Vec<(String, String)>,
 }
 
@@ -76,9 +79,10 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return only_get(method, Route::Tags(name.parse()?));
     }
-    if let Some((name, _)) = rest.rsplit_once("/referrers/") {
-        name.parse::<RepoName>()?;
-        return Err(Error::Unsupported("referrers"));
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/") {
+        let name: RepoName = name.parse()?;
+        let subject: Digest = subject.parse()?;
+        return only_get(method, Route::Referrers(name, subject));
     }
     Err(Error::NotFound)
 }
@@ -134,6 +138,7 @@ mod tests {
             Ok(Route::Manifest(_, Reference::Digest(_))) => Ok("manifest-digest"),
             Ok(Route::Blob(..)) => Ok("blob"),
             Ok(Route::Tags(_)) => Ok("tags"),
+            Ok(Route::Referrers(..)) => Ok("referrers"),
             Err(e) => Err(e.status_and_code().1),
         }
     }
@@ -186,7 +191,11 @@ mod tests {
             (M::POST, "/v2/a/blobs/uploads/".into(), Err("UNSUPPORTED")),
             (M::PATCH, "/v2/a/blobs/uploads/1234".into(), Err("UNSUPPORTED")),
             (M::GET, "/v2/_catalog".into(), Err("UNSUPPORTED")),
-            (M::GET, format!("/v2/a/referrers/{D}"), Err("UNSUPPORTED")),
+            (M::GET, format!("/v2/a/referrers/{D}"), Ok("referrers")),
+            (M::HEAD, format!("/v2/org/a/b/referrers/{D}"), Ok("referrers")),
+            (M::GET, "/v2/a/referrers/latest".into(), Err("DIGEST_INVALID")),
+            (M::GET, format!("/v2/A/referrers/{D}"), Err("NAME_INVALID")),
+            (M::PUT, format!("/v2/a/referrers/{D}"), Err("UNSUPPORTED")),
             (M::POST, "/v2/".into(), Err("UNSUPPORTED")),
             (M::GET, "/v2/a/unknown".into(), Err("NAME_UNKNOWN")),
             (M::GET, "/other".into(), Err("NAME_UNKNOWN")),

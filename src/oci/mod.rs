@@ -8,6 +8,6 @@ mod name;
 mod walk;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
-pub use media::{inspect_manifest, ManifestError, MediaType, MANIFEST_TYPES};
+pub use media::{inspect_manifest, ManifestError, MediaType, MANIFEST_TYPES, OCI_INDEX};
 pub use name::{is_registry_host, NameError, Reference, RepoName, Tag};
 pub use walk::{reachable, references, MAX_MANIFEST_BYTES};

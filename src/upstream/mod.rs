@@ -7,6 +7,7 @@ mod auth;
 mod breaker;
 mod client;
 mod client_check;
+mod referrers;
 mod request;
 mod set;
 
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
 pub use breaker::{parse_retry_after, Admit, Breaker, CircuitState, Failure, Opened, Verdict};
 pub use client::{error_chain, is_public, HttpClient};
+pub use referrers::ReferrersPage;
 use request::{check_status, header_string};
 pub use request::{content_length, encode_query, read_capped};
 pub use set::{RouteError, UpstreamSet};
@@ -83,6 +85,8 @@ pub enum Kind {
     Blob,
     /// tags/list.
     Tags,
+    /// The referrers API.
+    Referrers,
     /// Token endpoint.
     Token,
 }
@@ -93,6 +97,7 @@ impl Kind {
             Kind::Manifest => "manifest",
             Kind::Blob => "blob",
             Kind::Tags => "tag_list",
+            Kind::Referrers => "referrers",
             Kind::Token => "token",
         }
     }

@@ -55,6 +55,9 @@ pub enum Fault {
 
 type FakeBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// A scripted referrers API page: Content-Type, body, Link.
+pub type ReferrersPage = (String, Bytes, Option<String>);
+
 #[derive(Default)]
 pub struct FakeState {
     pub blobs: Mutex<HashMap<String, Bytes>>,
@@ -79,6 +82,9 @@ pub struct FakeState {
     pub path_status: Mutex<HashMap<String, u16>>,
     /// Blob bodies being sent now, and the most sent at once.
     pub blob_bodies: Mutex<(usize, usize)>,
+    /// Referrers API pages by path and query: (Content-Type, body, Link). Without an entry a
+    /// referrers request gets 404, as from a registry without the API (distribution 2.8).
+    pub referrers: Mutex<HashMap<String, ReferrersPage>>,
 }
 
 pub struct FakeRegistry {
@@ -226,6 +232,14 @@ impl FakeRegistry {
         *self.state.chunk_delay.lock().unwrap() = d;
     }
 
+    /// Serve `body` at `path_and_query` (a referrers API page) with this type and `Link`.
+    pub fn put_referrers_page(&self, path_and_query: &str, content_type: &str, body: Bytes, link: Option<&str>) {
+        self.state.referrers.lock().unwrap().insert(
+            path_and_query.to_string(),
+            (content_type.to_string(), body, link.map(str::to_string)),
+        );
+    }
+
     /// How many requests matched `METHOD path` exactly (path without query).
     pub fn hits(&self, method: &str, path: &str) -> usize {
         *self
@@ -325,6 +339,15 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         return Response::new(full("{}"));
     }
     let rest = path.trim_start_matches("/v2/");
+    let page = req.uri().path_and_query().map_or(path.as_str(), |p| p.as_str());
+    if let Some((ct, body, link)) = st.referrers.lock().unwrap().get(page).cloned() {
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert("content-type", ct.parse().unwrap());
+        if let Some(l) = link {
+            r.headers_mut().insert("link", l.parse().unwrap());
+        }
+        return r;
+    }
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let mut tags: Vec<String> = st
             .manifests

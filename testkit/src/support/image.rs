@@ -305,3 +305,92 @@ fn location_target(location: &str) -> String {
         None => location.to_string(),
     }
 }
+
+/// The OCI empty descriptor's media type (`{}`), the config of artifacts without one.
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// An OCI 1.1 artifact: an image manifest with `artifactType`, the empty config, one payload
+/// layer and a `subject` (e.g. an SBOM or a signature of an image).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub artifact_type: String,
+    pub manifest: Blob,
+    pub config: Blob,
+    pub payload: Blob,
+    pub annotations: serde_json::Value,
+}
+
+#[allow(dead_code)]
+impl Artifact {
+    /// An artifact of `artifact_type` carrying `payload` (as `payload_type`) about `subject`.
+    pub fn new(artifact_type: &str, payload_type: &str, payload: Vec<u8>, subject: &Blob) -> Artifact {
+        let config = Blob::new(OCI_EMPTY, b"{}".to_vec());
+        let payload = Blob::new(payload_type, payload);
+        let annotations = json!({"org.opencontainers.image.created": "2026-12-05T00:00:00Z"});
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": config.descriptor(),
+            "layers": [payload.descriptor()],
+            "subject": subject.descriptor(),
+            "annotations": annotations,
+        });
+        Artifact {
+            artifact_type: artifact_type.to_string(),
+            manifest: Blob::new(OCI_MANIFEST, to_json_bytes(&manifest)),
+            config,
+            payload,
+            annotations,
+        }
+    }
+
+    /// The descriptor a referrers list holds for this artifact.
+    pub fn descriptor(&self) -> serde_json::Value {
+        let mut d = self.manifest.descriptor();
+        d["artifactType"] = json!(self.artifact_type);
+        d["annotations"] = self.annotations.clone();
+        d
+    }
+}
+
+/// Pushes `artifact` to `name` following the OCI 1.1 push rules: blobs, then the manifest by
+/// digest; a registry that answered without `OCI-Subject` and whose referrers API answers 404
+/// (distribution 2.8) gets the descriptor added to the fallback tag `sha256-<hex>` index.
+#[allow(dead_code)]
+pub fn push_referrer(addr: &str, name: &str, artifact: &Artifact, subject: &str) {
+    push_blob(addr, name, &artifact.config);
+    push_blob(addr, name, &artifact.payload);
+    let put = http::request(
+        addr,
+        "PUT",
+        &format!("/v2/{name}/manifests/{}", artifact.manifest.digest),
+        &[("Content-Type", OCI_MANIFEST)],
+        &artifact.manifest.data,
+    )
+    .unwrap_or_else(|e| panic!("PUT artifact manifest to {name} on {addr}: {e}"));
+    assert_eq!(put.status, 201, "PUT artifact manifest: {}", put.text());
+    if put.header("OCI-Subject").is_some() {
+        return;
+    }
+    let api = http::get(addr, &format!("/v2/{name}/referrers/{subject}"), &[])
+        .unwrap_or_else(|e| panic!("GET referrers on {addr}: {e}"));
+    if api.status != 404 {
+        return;
+    }
+    let tag = subject.replace(':', "-");
+    let current = http::get(addr, &format!("/v2/{name}/manifests/{tag}"), &[("Accept", OCI_INDEX)])
+        .unwrap_or_else(|e| panic!("GET fallback tag on {addr}: {e}"));
+    let mut manifests = match current.status {
+        200 => {
+            let v: serde_json::Value = serde_json::from_slice(&current.body).expect("the fallback tag is an index");
+            v["manifests"].as_array().cloned().unwrap_or_default()
+        }
+        404 => Vec::new(),
+        s => panic!("GET fallback tag {tag} answered {s}: {}", current.text()),
+    };
+    manifests.push(artifact.descriptor());
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    push_manifest(addr, name, &tag, &Blob::new(OCI_INDEX, to_json_bytes(&index)));
+}
