@@ -5,7 +5,7 @@
 //! filters to one, the artifacts and their payloads pull by digest with digests checked, and
 //! with the upstream stopped the same answers come from the cache within `stale_if_error`.
 
-mod support;
+use berth_testkit::support;
 
 use serde_json::Value;
 use support::berth::{Berth, BerthConfig};

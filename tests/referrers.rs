@@ -3,7 +3,7 @@
 //! `referrers_ttl` cache with its revalidation and stale answers, the `artifactType` filter,
 //! and the 4 MiB cap.
 
-mod common;
+use berth_testkit::common;
 
 use bytes::Bytes;
 use common::*;

@@ -311,7 +311,6 @@ pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 /// An OCI 1.1 artifact: an image manifest with `artifactType`, the empty config, one payload
 /// layer and a `subject` (e.g. an SBOM or a signature of an image).
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Artifact {
     pub artifact_type: String,
@@ -321,7 +320,6 @@ pub struct Artifact {
     pub annotations: serde_json::Value,
 }
 
-#[allow(dead_code)]
 impl Artifact {
     /// An artifact of `artifact_type` carrying `payload` (as `payload_type`) about `subject`.
     pub fn new(artifact_type: &str, payload_type: &str, payload: Vec<u8>, subject: &Blob) -> Artifact {
@@ -358,7 +356,6 @@ impl Artifact {
 /// Pushes `artifact` to `name` following the OCI 1.1 push rules: blobs, then the manifest by
 /// digest; a registry that answered without `OCI-Subject` and whose referrers API answers 404
 /// (distribution 2.8) gets the descriptor added to the fallback tag `sha256-<hex>` index.
-#[allow(dead_code)]
 pub fn push_referrer(addr: &str, name: &str, artifact: &Artifact, subject: &str) {
     push_blob(addr, name, &artifact.config);
     push_blob(addr, name, &artifact.payload);
