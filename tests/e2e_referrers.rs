@@ -120,6 +120,10 @@ fn referrers_list_and_filter_artifacts_when_the_upstream_has_only_the_fallback_t
     assert!(during.iter().all(|r| r.status == 200), "{during:?}");
     let stale: Vec<_> = during.iter().filter(|r| r.path.contains("/referrers/")).collect();
     assert!(
+        stale.iter().all(|r| r.raw.contains("\"kind\":\"referrers\"")),
+        "the access log counts referrers as their own kind: {stale:?}"
+    );
+    assert!(
         !stale.is_empty() && stale.iter().all(|r| r.cache == "stale"),
         "with the upstream stopped, referrers come from the cache within stale_if_error: {stale:?}"
     );

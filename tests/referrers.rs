@@ -182,13 +182,27 @@ async fn referrers_come_from_the_fallback_tag_when_the_upstream_answers_404() {
         1,
         "the fallback tag is read once and then cached as a tag"
     );
-    // The fallback tag is an ordinary tag, too.
+    // The fallback tag is an ordinary tag, too, and so are cosign's `.sig`/`.att` tags.
     let t = get(
         &proxy.url(&format!("/v2/library/app/manifests/{tag}")),
         &[("accept", OCI_INDEX)],
     )
     .await;
     assert_eq!((t.status, t.header("content-type")), (200, Some(OCI_INDEX)));
+    for suffix in ["sig", "att"] {
+        let cosign_tag = format!("{tag}.{suffix}");
+        let (d, _) = fake.image("library/app", &cosign_tag, OCI_MANIFEST, &[random_bytes(16)]);
+        let t = get(
+            &proxy.url(&format!("/v2/library/app/manifests/{cosign_tag}")),
+            &[("accept", OCI_MANIFEST)],
+        )
+        .await;
+        assert_eq!(
+            (t.status, t.header("docker-content-digest")),
+            (200, Some(d.as_str())),
+            "{cosign_tag}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,6 +284,7 @@ impl Drop for AccessLog {
             method = %self.method,
             path = %self.path,
             upstream = self.upstream.as_deref(),
+            kind = self.kind,
             ns = self.ns.as_deref(),
             status = self.status.as_u16(),
             bytes = self.bytes,
