@@ -13,6 +13,7 @@
 //! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list, token
 //! auth/           client identity (TLS certificate, htpasswd, berth's tokens), access
 //!                 rules, client upstream rights: the one gate before store and upstream
+//! access/         per-repository permission for private content (links, upstream HEAD)
 //! manifests/      the manifest service: freshness, revalidation, stale-if-error, flight
 //!                 keys, verification, tag moves, negative cache, memory over the store
 //! referrers/      the referrers API: upstream pages merged and cached, or the fallback tag
@@ -44,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod body;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::RepoAccess;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::fill::Fills;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Keeps the store inside its budget.
     pub evictor: Arc<Evictor>,
+    /// Which repository may read which stored digest of a private upstream.
+    pub access: RepoAccess,
     /// The manifest service (tags, freshness, revalidation, coalesced fetches).
     pub manifests: Manifests,
     /// The referrers service (API answers cached per subject, or the fallback tag).
@@ -88,6 +91,7 @@ impl AppState {
             tasks.clone(),
             shutdown.clone(),
         );
+        let access = RepoAccess::new(store.clone());
         Ok(AppState {
             config,
             upstreams,
@@ -95,6 +99,7 @@ impl AppState {
             store,
             blobs,
             evictor,
+            access,
             manifests,
             referrers,
             fills,

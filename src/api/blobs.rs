@@ -30,9 +30,11 @@ pub async fn get(
     digest: Digest,
 ) -> Result<Response<Body>> {
     let lookup = |result| state.metrics.record_lookup("blob", up.name(), result);
-    if let Some(resp) = serve_committed(state, req, &digest).await? {
-        lookup(CacheResult::Hit);
-        return Ok(resp);
+    if state.access.check_blob(&up, &repo, &digest).await? {
+        if let Some(resp) = serve_committed(state, req, &digest).await? {
+            lookup(CacheResult::Hit);
+            return Ok(resp);
+        }
     }
     if req.is_head {
         lookup(CacheResult::Miss);
@@ -41,10 +43,12 @@ pub async fn get(
             .await
             .map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
+        state.access.record(&up, &repo, [digest.clone()]).await?;
         return respond(&digest, size, req, CacheResult::Miss, |_, _| unreachable_reader());
     }
     match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
         Source::Committed => {
+            state.access.confirm_blob(&up, &repo, &digest).await?;
             lookup(CacheResult::Hit);
             serve_committed(state, req, &digest)
                 .await?
@@ -57,6 +61,7 @@ pub async fn get(
             };
             match fill.wait_started().await {
                 Ok(size) => {
+                    state.access.after_fill(&up, &repo, &digest, joined).await?;
                     lookup(cache);
                     respond(&digest, size, req, cache, |start, len| fill.read(start, len))
                 }

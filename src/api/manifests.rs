@@ -1,6 +1,7 @@
 //! `GET|HEAD /v2/<name>/manifests/<reference>`: ask the manifest service for the manifest,
 //! then negotiate its type with the client's `Accept` and build the headers. No cache or
-//! upstream policy here (that is `crate::manifests`).
+//! upstream policy here (that is `crate::manifests`; whether this repository may see it is
+//! `crate::access`).
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub async fn get(
     reference: Reference,
 ) -> Result<Response<Body>> {
     let (m, result) = state.manifests.resolve(&up, &repo, &reference).await?;
+    state.access.admit_manifest(&up, &repo, &reference, &m, result).await?;
     if m.media_type.is_accepted_by(req.accept_strs()) {
         return Ok(respond(&m, req.is_head, result));
     }
@@ -38,6 +40,10 @@ pub async fn get(
     let m = state
         .manifests
         .fetch_accepting(&up, &repo, &reference, &req.accept)
+        .await?;
+    state
+        .access
+        .admit_manifest(&up, &repo, &reference, &m, CacheResult::Miss)
         .await?;
     Ok(respond(&m, req.is_head, CacheResult::Miss))
 }

@@ -59,7 +59,7 @@ enum FlightKey {
 type FlightResult = std::result::Result<Resolved, Arc<Error>>;
 
 /// Every manifest type berth understands, as one `Accept` line for upstream requests.
-fn all_types() -> Vec<HeaderValue> {
+pub fn all_types() -> Vec<HeaderValue> {
     vec![HeaderValue::from_str(&MANIFEST_TYPES.join(", ")).expect("media types are valid header text")]
 }
 

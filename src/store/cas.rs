@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::index::{ReadGuard, StoreIndex};
 use super::spool::TempFile;
-use super::{atomic, Error, Spool, TagStore, VerifiedSpool};
+use super::{atomic, Error, LinkStore, Spool, TagStore, VerifiedSpool};
 use crate::oci::Digest;
 
 /// Handle to the store root, its index and its tag records. Cheap to clone.
@@ -24,6 +24,7 @@ pub struct BlobStore {
     root: PathBuf,
     index: Arc<StoreIndex>,
     tags: TagStore,
+    links: LinkStore,
 }
 
 impl BlobStore {
@@ -55,12 +56,18 @@ impl BlobStore {
             root: root.to_path_buf(),
             index: Arc::new(index),
             tags: TagStore::new(root),
+            links: LinkStore::new(root),
         })
     }
 
     /// The tag records of this store.
     pub fn tags(&self) -> &TagStore {
         &self.tags
+    }
+
+    /// The repository links.
+    pub fn links(&self) -> &LinkStore {
+        &self.links
     }
 
     /// The index of committed content.

@@ -12,6 +12,8 @@
 //!   vanishes or turns out wrong mid-read, the stream ends with an error, never a clean end.
 //! - A missing or wrong object is a miss (`Ok(None)`), never an error that sticks.
 //! - Tag records are small documents replaced atomically.
+//! - Links (`(upstream, repository, digest)`: that repository holds that digest) are sets of
+//!   keys: saving one is idempotent; losing one costs an upstream check, never a wrong read.
 
 use std::future::Future;
 use std::io;
@@ -21,7 +23,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Error, TagEntry, TagKey, TagRecord, VerifiedSpool};
+use super::{Error, LinkKey, TagEntry, TagKey, TagRecord, VerifiedSpool};
 use crate::oci::Digest;
 
 /// A stream of body chunks; an `Err` item means the transfer broke (never a clean end).
@@ -95,4 +97,8 @@ pub trait ContentStore: Send + Sync {
     fn remove_tag<'a>(&'a self, key: &'a TagKey) -> StoreFuture<'a, ()>;
     /// Every saved tag, sorted by upstream, repository and tag.
     fn list_tags(&self) -> StoreFuture<'_, Vec<TagEntry>>;
+    /// Whether a link records that the repository holds the digest.
+    fn has_link<'a>(&'a self, key: &'a LinkKey) -> StoreFuture<'a, bool>;
+    /// Record that the repository holds the digest (present already is fine).
+    fn save_link<'a>(&'a self, key: &'a LinkKey) -> StoreFuture<'a, ()>;
 }

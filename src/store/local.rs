@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    read_file, Blob, BlobStore, ByteStream, Complete, ContentStore, Error, ObjectInfo, RangeReader, ReadGuard,
+    read_file, Blob, BlobStore, ByteStream, Complete, ContentStore, Error, LinkKey, ObjectInfo, RangeReader, ReadGuard,
     StoreFuture, TagEntry, TagKey, TagRecord, VerifiedSpool,
 };
 use crate::oci::Digest;
@@ -112,5 +112,15 @@ impl ContentStore for BlobStore {
     fn list_tags(&self) -> StoreFuture<'_, Vec<TagEntry>> {
         let tags = self.tags().clone();
         Box::pin(blocking(move || tags.all()))
+    }
+
+    fn has_link<'a>(&'a self, key: &'a LinkKey) -> StoreFuture<'a, bool> {
+        let (links, k) = (self.links().clone(), key.clone());
+        Box::pin(blocking(move || links.exists(&k)))
+    }
+
+    fn save_link<'a>(&'a self, key: &'a LinkKey) -> StoreFuture<'a, ()> {
+        let (links, k) = (self.links().clone(), key.clone());
+        Box::pin(blocking(move || links.save(&k)))
     }
 }

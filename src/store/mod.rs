@@ -2,12 +2,13 @@
 //! (what a backend must guarantee is written there); the local disk is the backend here:
 //! content-addressed blobs and manifests (`cas`, with `local.rs` implementing the trait),
 //! spools that fills write to and readers tail (`spool`, `reader`), the in-memory index and
-//! eviction (`index`, `evict`), tag records (`tags`), pins, and the server's lock (`lock`).
-//! Layout under the configured root:
+//! eviction (`index`, `evict`), tag records (`tags`), repository links (`links`), pins, and the
+//! server's lock (`lock`). Layout under the configured root:
 //! ```text
 //! blobs/sha256/ab/abcdef...          verified content, visible only after verify + fsync + rename
 //! tmp/                               writes in progress; emptied at start
 //! tags/<upstream>/<repo>/_tags/<tag> JSON tag record (digest, media type, checked_at)
+//! links/<upstream>/<repo>/_links/sha256/<hex>  empty: the repository holds the digest
 //! pins.json                          digests exempt from eviction (with their references)
 //! serve.lock                         held (flock) by the one server using the store; its pid
 //! ```
@@ -18,6 +19,7 @@ mod cas;
 mod content;
 mod evict;
 mod index;
+mod links;
 mod local;
 mod lock;
 mod pins;
@@ -29,6 +31,7 @@ pub use cas::BlobStore;
 pub use content::{Blob, ByteStream, ContentStore, ObjectInfo, RangeReader, StoreFuture};
 pub use evict::{free_space, EvictReport, Evictor, Limits};
 pub use index::{Entry, ReadGuard, StoreIndex};
+pub use links::{LinkKey, LinkStore};
 pub use lock::{LockError, StoreLock};
 pub use pins::{Pin, Pins};
 pub use reader::{read_file, Complete, Follow, CHUNK};
