@@ -206,6 +206,18 @@ if cfg:
         v = vols.get(m["name"]) if m else None
         ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
         check(f"server.tls.{key} is a key of a Secret mounted as a directory", ok, f)
+    # auth files: keys of Secret volumes mounted as directories (an htpasswd update must reach
+    # berth, which re-reads it)
+    auth = cfg.get("auth") or {}
+    for key in ("htpasswd", "token_key_file"):
+        f = auth.get(key)
+        if not f:
+            continue
+        d, name = os.path.split(f)
+        m = mounts.get(d)
+        v = vols.get(m["name"]) if m else None
+        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        check(f"auth.{key} is a key of a Secret mounted as a directory", ok, f)
     # write a copy for `berth check-config`, with secrets redirected to stand-in files
     out = os.path.join(secrets_root, "config.toml")
     text2 = text.replace("/etc/berth/secrets/", secrets_root + "/secrets/")
@@ -227,6 +239,17 @@ if cfg:
             p = up["password_file"].replace("/etc/berth/secrets/", secrets_root + "/secrets/")
             os.makedirs(os.path.dirname(p), exist_ok=True)
             open(p, "w").write("stand-in\n")
+    if auth.get("htpasswd"):
+        # a real bcrypt entry stands in for the users (berth reads the file)
+        p = auth["htpasswd"].replace("/etc/berth/", secrets_root + "/")
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write("ci:$2y$04$7us0KYWmz7JXsBbExJ08kui1vN5VfzRpk4a.JhQgJNaUc4gsADQfm\n")
+        text2 = text2.replace(auth["htpasswd"], p)
+    if auth.get("token_key_file"):
+        p = auth["token_key_file"].replace("/etc/berth/", secrets_root + "/")
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write("stand-in-signing-key-of-at-least-32-bytes\n")
+        text2 = text2.replace(auth["token_key_file"], p)
     open(out, "w").write(text2)
     envs = [e["name"] for e in c.get("env", []) if e["name"].startswith("BERTH_") and "valueFrom" in e]
     open(os.path.join(secrets_root, "env"), "w").write("\n".join(envs))
@@ -262,6 +285,9 @@ else:
     check("helm test pod present", len(tests) == 1)
     check("helm test pod speaks the listener's protocol",
           all(("https://" in str(t) and " -k " in str(t)) == bool(tls) for t in tests))
+    want = "401" if (cfg or {}).get("auth") is not None else "200"
+    check(f"helm test pod expects {want} from /v2/ (401 when berth has users)",
+          all(f'[ "$code" = {want} ]' in str(t) for t in tests))
 for svc in of("Service"):
     sel = svc["spec"].get("selector", {})
     n = svc["metadata"]["name"]
@@ -421,6 +447,7 @@ reject() {   # reject WHY EXPECTED-ERROR-REGEX HELM-ARGS...
         fail "rejects $why (wrong error)"; cat "$WORK/err"
     fi
 }
+reject "a token key without users" "auth.tokenKey needs users" --set auth.tokenKey.existingSecret=k
 reject "a typo in a config key" "additional properties 'listn'" --set config.server.listn=0.0.0.0:5000
 reject "an unknown top-level value" "additional properties 'replicas'" --set replicas=3
 reject "a bad service.type" "/service/type" --set service.type=Nodeport

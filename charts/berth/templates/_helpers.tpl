@@ -93,7 +93,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The config as rendered into config.toml: .Values.config plus, for each entry of
 upstreamCredentials, password_file (and username when given as a value), and server.tls from
-.Values.tls (files under /etc/berth/tls and /etc/berth/tls-client-ca).
+.Values.tls (files under /etc/berth/tls and /etc/berth/tls-client-ca), and auth.htpasswd /
+auth.token_key_file from .Values.auth (files under /etc/berth/auth/).
 */}}
 {{- define "berth.config" -}}
 {{- $cfg := deepCopy .Values.config }}
@@ -126,6 +127,19 @@ upstreamCredentials, password_file (and username when given as a value), and ser
 {{- end }}
 {{- $_ := set $server "tls" $tls }}
 {{- $_ := set $cfg "server" $server }}
+{{- end }}
+{{- if or .Values.auth.htpasswd.existingSecret .Values.auth.tokenKey.existingSecret }}
+{{- $auth := $cfg.auth | default dict }}
+{{- with .Values.auth.htpasswd.existingSecret }}
+{{- $_ := set $auth "htpasswd" (printf "/etc/berth/auth/htpasswd/%s" $.Values.auth.htpasswd.key) }}
+{{- end }}
+{{- with .Values.auth.tokenKey.existingSecret }}
+{{- $_ := set $auth "token_key_file" (printf "/etc/berth/auth/token-key/%s" $.Values.auth.tokenKey.key) }}
+{{- end }}
+{{- if not (hasKey $auth "htpasswd") }}
+{{- fail "auth.tokenKey needs users: set auth.htpasswd.existingSecret (or config.auth.htpasswd)" }}
+{{- end }}
+{{- $_ := set $cfg "auth" $auth }}
 {{- end }}
 {{- $storage := $cfg.storage | default dict }}
 {{- if and (not (hasKey $storage "max_size")) (gt (int .Values.persistence.maxSizePercent) 0) }}
@@ -252,4 +266,9 @@ storageClassName: {{ .Values.persistence.storageClass | quote }}
 {{- define "berth.nodeConfig.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "berth.name" . }}-node-config
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* "true" when berth authenticates clients ([auth] rendered): GET /v2/ then answers 401. */}}
+{{- define "berth.authEnabled" -}}
+{{- if or .Values.config.auth .Values.auth.htpasswd.existingSecret .Values.auth.tokenKey.existingSecret }}true{{ end }}
 {{- end }}

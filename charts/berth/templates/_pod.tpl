@@ -106,6 +106,17 @@ spec:
           readOnly: true
         {{- end }}
         {{- end }}
+        {{- /* Directories, not subPath: an updated htpasswd Secret reaches berth, which re-reads it. */}}
+        {{- if .Values.auth.htpasswd.existingSecret }}
+        - name: auth-htpasswd
+          mountPath: /etc/berth/auth/htpasswd
+          readOnly: true
+        {{- end }}
+        {{- if .Values.auth.tokenKey.existingSecret }}
+        - name: auth-token-key
+          mountPath: /etc/berth/auth/token-key
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -162,6 +173,24 @@ spec:
           - key: {{ $.Values.tls.clientCA.key }}
             path: {{ $.Values.tls.clientCA.key }}
     {{- end }}
+    {{- end }}
+    {{- with .Values.auth.htpasswd.existingSecret }}
+    - name: auth-htpasswd
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          - key: {{ $.Values.auth.htpasswd.key }}
+            path: {{ $.Values.auth.htpasswd.key }}
+    {{- end }}
+    {{- with .Values.auth.tokenKey.existingSecret }}
+    - name: auth-token-key
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          - key: {{ $.Values.auth.tokenKey.key }}
+            path: {{ $.Values.auth.tokenKey.key }}
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
