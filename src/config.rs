@@ -256,6 +256,10 @@ pub struct CacheConfig {
     /// How long past `manifest_ttl` a tag is still served when the upstream fails.
     #[serde(deserialize_with = "duration")]
     pub stale_if_error: Duration,
+    /// How long a pull of a stale tag (within `stale_if_error`) waits for its revalidation
+    /// before it is answered from the cache; the revalidation goes on in the background.
+    #[serde(deserialize_with = "duration")]
+    pub revalidate_timeout: Duration,
     /// How long an upstream 404 for a tag is remembered.
     #[serde(deserialize_with = "duration")]
     pub negative_ttl: Duration,
@@ -271,6 +275,7 @@ impl Default for CacheConfig {
         CacheConfig {
             manifest_ttl: Duration::from_secs(600),
             stale_if_error: Duration::from_secs(24 * 3600),
+            revalidate_timeout: Duration::from_millis(500),
             negative_ttl: Duration::from_secs(30),
             referrers_ttl: Duration::from_secs(60),
             memory_bytes: 64 << 20,

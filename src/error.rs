@@ -118,10 +118,6 @@ pub enum Error {
         /// Why it was refused (digest mismatch, too large, ambiguous manifest).
         reason: String,
     },
-    /// The blob cannot be cached now (larger than `max_size`, or the disk is full); the
-    /// blob handler then streams it straight from upstream.
-    #[error("blob cannot be cached now")]
-    Uncacheable,
     /// berth is shutting down; the work was stopped.
     #[error("shutting down")]
     ShuttingDown,
@@ -205,7 +201,6 @@ impl Error {
             Error::Upstream { .. } | Error::BadContent { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
             Error::Store(_) | Error::TaskFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-            Error::Uncacheable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Shared(e) => e.status_and_code(),
         }
     }
@@ -214,7 +209,7 @@ impl Error {
     pub fn origin(&self) -> Origin {
         match self {
             Error::Shared(e) => e.origin(),
-            Error::Store(_) | Error::Uncacheable | Error::ShuttingDown | Error::TaskFailed(_) => Origin::Internal,
+            Error::Store(_) | Error::ShuttingDown | Error::TaskFailed(_) => Origin::Internal,
             Error::UpstreamDenied { .. }
             | Error::UpstreamThrottled { .. }
             | Error::Upstream { .. }
@@ -279,11 +274,6 @@ impl Error {
             _ => {}
         }
         resp
-    }
-
-    /// Whether the blob should be streamed straight from upstream instead of cached.
-    pub fn is_uncacheable(&self) -> bool {
-        matches!(self.innermost(), Error::Uncacheable)
     }
 
     fn innermost(&self) -> &Error {

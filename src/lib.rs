@@ -74,6 +74,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// Longest time between two checks that the store can be written (also run after each failed
+/// write).
+const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub use state::AppState;
 
 /// Run berth on already-bound listeners until `shutdown` is cancelled, then: report not-ready,
@@ -102,6 +106,10 @@ pub async fn run(
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, state.clone(), accept_stop.clone())));
     state.tasks.spawn(storage_pass(state.clone()));
+    let check_every = config.storage.eviction_interval.min(STORE_CHECK_EVERY);
+    state
+        .tasks
+        .spawn(state.health.clone().watch(check_every, state.shutdown.clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
 
@@ -121,8 +129,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Every `eviction_interval`: check `min_free_space` (others may fill the disk), refresh the
-/// storage gauges, and check that the store can still be written (else `/readyz` says no).
+/// Every `eviction_interval`: check `min_free_space` (others may fill the disk) and refresh the
+/// storage gauges.
 async fn storage_pass(state: AppState) {
     let mut tick = tokio::time::interval(state.config.storage.eviction_interval);
     loop {
@@ -133,16 +141,6 @@ async fn storage_pass(state: AppState) {
         // Reserving nothing just runs the budget check (and refreshes the gauges).
         if let Err(e) = state.evictor.reserve(0).await {
             tracing::error!(error = %e, "storage pass failed");
-        }
-        let blobs = state.blobs.clone();
-        let writable = tokio::task::spawn_blocking(move || blobs.check_writable()).await;
-        let writable = matches!(writable, Ok(Ok(())));
-        state.metrics.record_storage_writable(writable);
-        if writable != state.store_writable.swap(writable, Ordering::Relaxed) {
-            match writable {
-                true => tracing::info!("store is writable again: ready"),
-                false => tracing::error!("store cannot be written: not ready"),
-            }
         }
     }
 }

@@ -51,8 +51,11 @@ pub struct Metrics {
     pub storage_free: IntGauge,
     /// `berth_storage_objects`
     pub storage_objects: IntGauge,
-    /// `berth_storage_writable`: 1 while the store can be written, 0 while it cannot
+    /// `berth_storage_writable`: 1 while a fill can be written to the store, else 0
     pub storage_writable: IntGauge,
+    /// `berth_storage_write_failures_total{kind}` (kind: manifest|tag|blob): writes that
+    /// failed; the request was answered without caching
+    pub storage_write_failures: IntCounterVec,
     /// `berth_evictions_total{reason}`
     pub evictions: IntCounterVec,
     /// `berth_evicted_bytes_total{reason}`
@@ -235,6 +238,17 @@ impl Metrics {
                 "Free bytes on the store's file system",
             ),
             storage_objects: plain_gauge(&r, "berth_storage_objects", "Objects in the store"),
+            storage_writable: plain_gauge(
+                &r,
+                "berth_storage_writable",
+                "1 while a fill can be written to the store (reason on /readyz when 0)",
+            ),
+            storage_write_failures: counter(
+                &r,
+                "berth_storage_write_failures_total",
+                "Store writes that failed; the request was answered without caching",
+                &["kind"],
+            ),
             evictions: counter(&r, "berth_evictions_total", "Objects evicted", &["reason"]),
             evicted_bytes: counter(&r, "berth_evicted_bytes_total", "Bytes evicted", &["reason"]),
             auth_failures: {
@@ -255,11 +269,6 @@ impl Metrics {
                 "TLS certificate reloads by result",
                 &["result"],
             ),
-            storage_writable: plain_gauge(
-                &r,
-                "berth_storage_writable",
-                "1 while the store can be written, 0 while it cannot",
-            ),
             registry: r,
             activity: Activity::default(),
         };
@@ -274,6 +283,9 @@ impl Metrics {
             for source in [Source::Cache, Source::Upstream] {
                 m.served_bytes.with_label_values(&[kind, source.as_str()]);
             }
+        }
+        for kind in ["manifest", "tag", "blob"] {
+            m.storage_write_failures.with_label_values(&[kind]);
         }
         for reason in EVICTION_REASONS {
             m.evictions.with_label_values(&[reason]);
@@ -393,6 +405,11 @@ impl Metrics {
     pub fn record_eviction(&self, reason: &str, objects: usize, bytes: u64) {
         self.evictions.with_label_values(&[reason]).inc_by(objects as u64);
         self.evicted_bytes.with_label_values(&[reason]).inc_by(bytes);
+    }
+
+    /// A store write of `kind` (`manifest`, `tag`, `blob`) that failed.
+    pub fn record_store_write_failure(&self, kind: &str) {
+        self.storage_write_failures.with_label_values(&[kind]).inc();
     }
 
     /// Update the storage gauges.

@@ -14,7 +14,7 @@ use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
 use crate::referrers::Referrers;
-use crate::store::{BlobStore, ContentStore, Evictor, Limits};
+use crate::store::{BlobStore, ContentStore, Evictor, Limits, StoreHealth};
 use crate::upstream::UpstreamSet;
 
 /// Shared handles for request handlers and background tasks.
@@ -44,8 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False while starting and draining.
     pub ready: Arc<AtomicBool>,
-    /// False while nothing at all can be written to the store (checked by the storage pass).
-    pub store_writable: Arc<AtomicBool>,
+    /// Whether the store can take a fill now (checked on a timer and after failed writes).
+    pub health: Arc<StoreHealth>,
     /// Background tasks (fills, coalesced manifest fetches) to wait for on shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when the process shuts down.
@@ -65,6 +65,7 @@ impl AppState {
         };
         let evictor = Arc::new(Evictor::new(blobs.clone(), limits, metrics.clone()));
         let store: Arc<dyn ContentStore> = Arc::new(blobs.clone());
+        let health = Arc::new(StoreHealth::new(blobs.clone(), metrics.clone()));
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let cache = ManifestCache::new(
@@ -73,7 +74,14 @@ impl AppState {
             config.cache.memory_bytes,
             config.cache.negative_ttl,
         );
-        let manifests = Manifests::new(cache, metrics.clone(), config.cache.stale_if_error, tasks.clone());
+        let manifests = Manifests::new(
+            cache,
+            health.clone(),
+            metrics.clone(),
+            config.cache.stale_if_error,
+            config.cache.revalidate_timeout,
+            tasks.clone(),
+        );
         let referrers = Referrers::new(
             manifests.clone(),
             metrics.clone(),
@@ -87,6 +95,7 @@ impl AppState {
         let fills = Fills::new(
             evictor.clone(),
             store.clone(),
+            health.clone(),
             metrics.clone(),
             tasks.clone(),
             shutdown.clone(),
@@ -105,15 +114,18 @@ impl AppState {
             fills,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            store_writable: Arc::new(AtomicBool::new(true)),
+            health,
             tasks,
             shutdown,
         })
     }
 
-    /// Whether `/readyz` should say yes: started, not draining, and the store is writable.
-    /// An upstream outage does not count: the cache still serves.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.store_writable.load(Ordering::Relaxed)
+    /// What `/readyz` says: `Ok` when started, not draining and the store can be written,
+    /// else the reason. An upstream outage does not count: the cache still serves.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("starting or shutting down".into());
+        }
+        self.health.problem().map_or(Ok(()), Err)
     }
 }

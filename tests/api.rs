@@ -68,6 +68,53 @@ async fn digest_hits_never_contact_upstream_when_it_is_gone() {
     assert_eq!(fake.total_hits(), before, "no upstream contact for digest hits");
 }
 
+/// Issue 9 item 3: only content fetched and validated as a manifest is served as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_config_and_layer_blobs_are_never_served_as_manifests() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000);
+    let (_, bytes) = fake.image("library/app", "v1", OCI_MANIFEST, std::slice::from_ref(&layer));
+    // A real image config: its "config" key makes it parse like an image manifest.
+    let config = fake.put_blob(bytes::Bytes::from_static(
+        br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    ));
+    let layer_digest = sha256(&layer);
+    // distribution 2.8 answers 500 to a layer digest on the manifests endpoint.
+    let layer_as_manifest = format!("/v2/library/app/manifests/{layer_digest}");
+    fake.state
+        .path_status
+        .lock()
+        .unwrap()
+        .insert(layer_as_manifest.clone(), 500);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    for d in [&config, &layer_digest] {
+        let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+        assert_eq!(r.status, 200, "{d} cached as a blob");
+    }
+    proxy.wait_committed(2).await;
+    let config_as_manifest = format!("/v2/library/app/manifests/{config}");
+    let r = get(&proxy.url(&config_as_manifest), &[]).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (404, Some("application/json")),
+        "a cached config is not a manifest: {:?}",
+        r.body
+    );
+    assert_eq!(r.json()["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    assert_eq!(
+        fake.hits("GET", &config_as_manifest),
+        1,
+        "a miss: the upstream was asked"
+    );
+    for other_repo in ["library/app", "library/elsewhere"] {
+        let r = get(&proxy.url(&format!("/v2/{other_repo}/manifests/{layer_digest}")), &[]).await;
+        assert_eq!(r.status, 404, "{other_repo}: a cached layer is no manifest, not a 502");
+        assert_eq!(r.json()["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    }
+    let m = get(&proxy.url("/v2/library/app/manifests/v1"), &[]).await;
+    assert_eq!((m.status, m.bytes()), (200, &bytes), "the real manifest still pulls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_range_gets_206_and_out_of_range_gets_416() {
     let fake = FakeRegistry::start().await;

@@ -1,7 +1,7 @@
 //! The Grafana dashboard (deploy/grafana) and the chart's PrometheusRule query only metrics
 //! that berth serves: every `berth_*` name they reference must appear on berth's `/metrics`
-//! after it has served pulls (misses, hits, coalesced fills), failed on an unreachable upstream and evicted for
-//! its size cap, or be one of the contracted names another change registers.
+//! after it has served pulls (misses, hits, coalesced fills), failed on an unreachable upstream
+//! and evicted for its size cap.
 
 use berth_testkit::common;
 
@@ -10,10 +10,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{get, random_bytes, FakeRegistry, TestProxy, DOCKER_MANIFEST, OCI_MANIFEST};
-
-/// Contracted metric names (issue 9: breaker state gauge, store writability) that the
-/// dashboard and alerts may use before the change registering them has landed.
-const PLANNED: &[&str] = &[];
 
 /// Files whose `berth_*` references must exist.
 const REFERENCING_FILES: &[&str] = &[
@@ -121,11 +117,7 @@ async fn dashboard_and_alerts_reference_only_served_metrics_when_berth_has_serve
     let (missing, page) = loop {
         let page = proxy.metrics().await;
         let served = served_metrics(&page);
-        let missing: Vec<String> = referenced
-            .iter()
-            .filter(|n| !served.contains(*n) && !PLANNED.contains(&n.as_str()))
-            .cloned()
-            .collect();
+        let missing: Vec<String> = referenced.iter().filter(|n| !served.contains(*n)).cloned().collect();
         if missing.is_empty() || Instant::now() >= deadline {
             break (missing, page);
         }
@@ -133,7 +125,7 @@ async fn dashboard_and_alerts_reference_only_served_metrics_when_berth_has_serve
     };
     assert!(
         missing.is_empty(),
-        "referenced by the dashboard or alerts but not served by berth (nor planned): {missing:?}\n--- /metrics ---\n{page}"
+        "referenced by the dashboard or alerts but not served by berth: {missing:?}\n--- /metrics ---\n{page}"
     );
 }
 

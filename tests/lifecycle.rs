@@ -288,3 +288,118 @@ async fn readyz_reports_a_store_that_cannot_be_written_and_recovers() {
     mount.remount("rw");
     assert!(ready(200).await, "ready again without a restart");
 }
+
+/// Fill the file system holding `file` to its last byte, as another writer would.
+fn fill_up(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    for size in [64 << 10, 4096, 1] {
+        while f.write_all(&chunk[..size]).is_ok() {}
+    }
+}
+
+/// Issue 9 item 9: with the store unwritable (full, or read-only), a stale tag that is
+/// unchanged upstream, one that moved, and a cold image are still answered from the healthy
+/// upstream, verified, without caching; the old tag records stay; the failed writes are
+/// counted.
+async fn pulls_are_answered_while_the_store_cannot_be_written(full: bool) {
+    let fake = FakeRegistry::start().await;
+    let (a, _) = fake.image("library/a", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let (b_old, _) = fake.image("library/b", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Tmpfs::mount(&dir.path().join("store"), "8m");
+    let proxy = TestProxy::start_in(dir, &fake.url(), "[cache]\nmanifest_ttl = \"0s\"\n").await;
+    pull(&proxy, "library/a", "v1").await;
+    pull(&proxy, "library/b", "v1").await;
+    let record = |repo: &str| std::fs::read_to_string(proxy.store().join(format!("tags/hub/{repo}/_tags/v1")));
+    let a_record = record("library/a").unwrap();
+    let (b_new, _) = fake.image("library/b", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let (c, _) = fake.image("library/c", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    match full {
+        true => fill_up(&proxy.store().join("ballast")),
+        false => mount.remount("ro"),
+    }
+    // Past the TTL (0 s): every pull revalidates, and a changed tag needs a record write.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let what = if full { "full store" } else { "read-only store" };
+    for (repo, want) in [("library/a", &a), ("library/b", &b_new), ("library/c", &c)] {
+        let r = get(&proxy.url(&format!("/v2/{repo}/manifests/v1")), &[ACCEPT]).await;
+        assert_eq!(r.status, 200, "{what}: {repo}:v1 answered: {:?}", r.body);
+        assert_eq!(r.header("docker-content-digest"), Some(want.as_str()), "{what}: {repo}");
+        assert_eq!(&sha256(r.bytes()), want, "{what}: {repo} verified");
+    }
+    let digests = pull(&proxy, "library/c", "v1").await;
+    assert_eq!(
+        &digests[0], &c,
+        "{what}: the cold image pulls whole, blobs streamed through"
+    );
+    assert_eq!(record("library/a").unwrap(), a_record, "{what}: the old record stays");
+    assert!(
+        record("library/b").unwrap().contains(&b_old),
+        "{what}: the moved tag keeps its old record"
+    );
+    assert!(
+        record("library/c").is_err(),
+        "{what}: nothing cached for the cold image"
+    );
+    let failures = proxy.metric("berth_storage_write_failures_total{kind=\"tag\"}").await;
+    assert!(failures.is_some_and(|n| n > 0.0), "{what}: failed writes are counted");
+    let m = proxy.metrics().await;
+    let upstream_errors: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("berth_upstream_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        upstream_errors.is_empty(),
+        "{what}: not upstream errors: {upstream_errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_still_answers_stale_tags_and_cold_manifests() {
+    pulls_are_answered_while_the_store_cannot_be_written(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_store_still_answers_stale_tags_and_cold_manifests() {
+    pulls_are_answered_while_the_store_cannot_be_written(false).await;
+}
+
+/// Poll `/readyz` until it answers `want` (up to `within`); returns the last answer.
+async fn wait_readyz(proxy: &TestProxy, want: u16, within: Duration) -> Reply {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = get(&proxy.url("/readyz"), &[]).await;
+        if r.status == want || std::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 9 item 10: a full store (where creating an empty file still succeeds) makes
+/// `/readyz` answer 503 with the reason soon after a write fails, though the storage pass runs
+/// only every 30 s; `berth_storage_writable` says 0; both recover once space comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_full_store_with_its_reason() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/a", "v1", OCI_MANIFEST, &[random_bytes(1000)]);
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = Tmpfs::mount(&dir.path().join("store"), "8m");
+    let proxy = TestProxy::start_in(dir, &fake.url(), "").await;
+    assert_eq!(wait_readyz(&proxy, 200, Duration::from_secs(10)).await.status, 200);
+    assert!(proxy.metrics().await.contains("berth_storage_writable 1"));
+    fill_up(&proxy.store().join("ballast"));
+    let r = get(&proxy.url("/v2/library/a/manifests/v1"), &[ACCEPT]).await;
+    assert_eq!(r.status, 200, "the pull is answered");
+    let r = wait_readyz(&proxy, 503, Duration::from_secs(10)).await;
+    assert_eq!(r.status, 503, "a full store is not ready");
+    let body = String::from_utf8_lossy(r.bytes()).to_string();
+    assert!(body.contains("full"), "the reason is on /readyz: {body:?}");
+    assert!(proxy.metrics().await.contains("berth_storage_writable 0"));
+    assert_eq!(get(&proxy.url("/livez"), &[]).await.status, 200, "but alive");
+    std::fs::remove_file(proxy.store().join("ballast")).unwrap();
+    assert_eq!(wait_readyz(&proxy, 200, Duration::from_secs(10)).await.status, 200);
+    assert!(proxy.metrics().await.contains("berth_storage_writable 1"));
+}

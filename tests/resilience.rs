@@ -281,3 +281,109 @@ async fn upstream_errors_name_the_host_and_cause_when_the_circuit_is_open() {
         "circuit open:\n{metrics}"
     );
 }
+
+/// Issue 9 item 11: an upstream that accepts connections and never answers (header timeout
+/// 30 s) must not stall pulls of a cached tag: each is answered from the cache once the
+/// revalidation has taken `revalidate_timeout` (default 500 ms), while the revalidation waits
+/// on in the background. The 2 s bound is the issue's goal, with the default deadline well
+/// inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_upstream_does_not_stall_cached_tag_pulls() {
+    let fake = FakeRegistry::start().await;
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let extra = format!(
+        "[cache]\nmanifest_ttl = \"0s\"\n\n[upstreams.slow]\nurl = \"{}\"\naliases = [\"slow.example\"]\ntimeout = \"30s\"\n",
+        fake.url()
+    );
+    let proxy = TestProxy::start(&fake.url(), &extra).await;
+    let url = proxy.url("/v2/library/app/manifests/v1?ns=slow.example");
+    assert_eq!(get(&url, &[ACCEPT]).await.status, 200, "warm-up");
+    fake.set_global_fault(Some(Fault::Stall));
+    let (clients, pulls_each) = (20, 10);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (url, digest) = (url.clone(), digest.clone());
+        tasks.spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..pulls_each {
+                let started = Instant::now();
+                let r = tokio::time::timeout(Duration::from_secs(10), get(&url, &[ACCEPT]))
+                    .await
+                    .unwrap_or_else(|_| panic!("pull {i} not answered within 10 s"));
+                assert_eq!(r.status, 200, "pull {i}");
+                assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(r) = tasks.join_next().await {
+        slowest = slowest.max(r.unwrap());
+    }
+    eprintln!(
+        "black-holed upstream: {} of {} cached pulls answered, slowest {slowest:?}",
+        clients * pulls_each,
+        clients * pulls_each
+    );
+    assert!(slowest < Duration::from_secs(2), "slowest pull took {slowest:?}");
+    assert!(
+        fake.hits("HEAD", "/v2/library/app/manifests/v1") < clients * pulls_each,
+        "revalidations are shared, not one per pull"
+    );
+    let stale = proxy
+        .metric("berth_cache_lookups_total{kind=\"manifest\",result=\"stale\",upstream=\"slow\"}")
+        .await;
+    assert!(stale.is_some_and(|n| n > 0.0), "stale serves are counted");
+}
+
+/// Issue 9 item 12: an outage is logged when stale serving starts and when the upstream
+/// answers again, not once per pull; the per-pull count stays in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_serves_are_logged_per_outage_not_per_pull() {
+    let logs = capture_logs();
+    let fake = FakeRegistry::start().await;
+    let (digest, _) = fake.image("library/app", "v1", OCI_MANIFEST, &[random_bytes(10)]);
+    let extra = "circuit_cooldown = \"1s\"\n[cache]\nmanifest_ttl = \"0s\"\n";
+    let proxy = TestProxy::start(&fake.url(), extra).await;
+    let url = proxy.url("/v2/library/app/manifests/v1");
+    assert_eq!(get(&url, &[ACCEPT]).await.status, 200, "warm-up");
+    fake.stop();
+    let pulls = 100;
+    for i in 0..pulls {
+        let r = get(&url, &[ACCEPT]).await;
+        assert_eq!(r.status, 200, "pull {i} served stale");
+        assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+    }
+    let warnings = logs.lines_with(&["WARN", "stale"]);
+    eprintln!(
+        "{pulls} stale pulls logged {} warning(s): {warnings:#?}",
+        warnings.len()
+    );
+    assert!(
+        !warnings.is_empty() && warnings.len() <= 2,
+        "one warning when the outage starts, not {} for {pulls} pulls",
+        warnings.len()
+    );
+    let counted = proxy
+        .metric("berth_cache_lookups_total{kind=\"manifest\",result=\"stale\",upstream=\"hub\"}")
+        .await;
+    assert_eq!(counted, Some(pulls as f64), "every stale pull is counted");
+    let _back = fake.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while logs.lines_with(&["upstream answers again"]).is_empty() && Instant::now() < deadline {
+        assert_eq!(get(&url, &[ACCEPT]).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = logs.lines_with(&["upstream answers again"]);
+    assert_eq!(
+        recovered.len(),
+        1,
+        "the end of the outage is logged once: {recovered:#?}"
+    );
+    assert!(
+        recovered[0].contains("stale_served="),
+        "with the count: {}",
+        recovered[0]
+    );
+}

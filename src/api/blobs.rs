@@ -14,7 +14,7 @@ use crate::body::range::{decide, RangeDecision};
 use crate::body::{self, Body};
 use crate::cache_result::{CacheResult, Source as Served};
 use crate::error::{Error, Result};
-use crate::fill::Source;
+use crate::fill::{Source, Start};
 use crate::oci::{Digest, RepoName};
 use crate::state::AppState;
 use crate::upstream::{content_length, Upstream};
@@ -59,17 +59,16 @@ pub async fn get(
                 true => CacheResult::Coalesced(Served::Upstream),
                 false => CacheResult::Miss,
             };
-            match fill.wait_started().await {
-                Ok(size) => {
+            match fill.wait_started().await? {
+                Start::Streaming(size) => {
                     state.access.after_fill(&up, &repo, &digest, joined).await?;
                     lookup(cache);
                     respond(&digest, size, req, cache, |start, len| fill.read(start, len))
                 }
-                Err(e) if e.is_uncacheable() => {
+                Start::Uncacheable => {
                     lookup(CacheResult::Passthrough);
                     passthrough(&up, &repo, &digest, req).await
                 }
-                Err(e) => Err(e),
             }
         }
     }

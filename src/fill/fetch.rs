@@ -11,10 +11,10 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{Fill, Fills, Progress};
+use super::{Fill, Fills, Outcome, Progress};
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
-use crate::store::{Spool, VerifiedSpool, CHUNK};
+use crate::store::{Spool, CHUNK};
 use crate::upstream::{self, content_length, Upstream};
 
 /// Longest wait between two resume attempts of a broken fill.
@@ -32,8 +32,9 @@ enum WriteOp {
 
 /// Fetch the whole blob into a new spool and verify it. Room for the blob is reserved
 /// (evicting if needed) before the first byte is written; the reservation is left in
-/// `reserved` for the caller to release. A spool that cannot be created (disk full, read-only
-/// store) makes the blob uncacheable: the caller streams it from upstream instead.
+/// `reserved` for the caller to release. A spool that cannot be created (read-only store) or
+/// no room for the blob (disk full, over `max_size`) makes it [`Outcome::Uncacheable`]: its
+/// readers stream it from upstream instead.
 pub(super) async fn fetch(
     fills: &Fills,
     upstream: &Upstream,
@@ -42,13 +43,13 @@ pub(super) async fn fetch(
     fill: &Fill,
     tx: &watch::Sender<Progress>,
     reserved: &mut Option<u64>,
-) -> Result<VerifiedSpool, Error> {
+) -> Result<Outcome, Error> {
     let (disk, d) = (fills.disk.clone(), digest.clone());
     let spool = match tokio::task::spawn_blocking(move || disk.spool(&d)).await {
         Ok(Ok(spool)) => spool,
         Ok(Err(e)) => {
-            tracing::warn!(digest = %digest, error = %e, "store unwritable: streaming from upstream");
-            return Err(Error::Uncacheable);
+            fills.health.write_failed("blob", &e);
+            return Ok(Outcome::Uncacheable);
         }
         Err(_) => return Err(Error::TaskFailed("spool creation")),
     };
@@ -64,14 +65,24 @@ pub(super) async fn fetch(
     let written = writer.await.map_err(|_| Error::TaskFailed("fill writer"));
     let spool = match (received, written) {
         // The writer's own failure explains a receive that stopped because the writer did.
-        (_, Ok(Err(e))) | (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
-        (Ok(()), Ok(Ok(spool))) => spool,
+        (_, Ok(Err(e))) | (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+        (Ok(Received::NoRoom), Ok(Ok(_))) => return Ok(Outcome::Uncacheable),
+        (Ok(Received::All), Ok(Ok(spool))) => spool,
     };
-    spool.verify().map_err(|actual| Error::BadContent {
+    let verified = spool.verify().map_err(|actual| Error::BadContent {
         upstream: upstream.name().into(),
         reference: digest.to_string(),
         reason: format!("content hashes to {actual}"),
-    })
+    })?;
+    Ok(Outcome::Verified(verified))
+}
+
+/// How receiving the body ended, short of a failure.
+enum Received {
+    /// Every byte was queued for the writer.
+    All,
+    /// The size is known and there is no room for it: nothing was queued.
+    NoRoom,
 }
 
 /// Receive the body (with resumes) and queue it for the writer.
@@ -83,7 +94,7 @@ async fn receive(
     tx: &watch::Sender<Progress>,
     reserved: &mut Option<u64>,
     wtx: mpsc::Sender<WriteOp>,
-) -> Result<(), Error> {
+) -> Result<Received, Error> {
     // The writer only stops early when a write failed; its own result carries that error.
     let writer_gone = || Error::TaskFailed("fill writer");
     let mut sent: u64 = 0;
@@ -122,7 +133,13 @@ async fn receive(
             started = true;
             if let Some(n) = total {
                 if !fills.evictor.reserve(n).await? {
-                    return Err(Error::Uncacheable);
+                    // Too large for `max_size` is policy; otherwise the disk is too full.
+                    if fills.evictor.fits(n) {
+                        fills
+                            .health
+                            .write_failed("blob", &format_args!("no room for {n} bytes"));
+                    }
+                    return Ok(Received::NoRoom);
                 }
                 *reserved = Some(n);
             }
@@ -144,7 +161,7 @@ async fn receive(
             wtx.send(WriteOp::Data(data)).await.map_err(|_| writer_gone())?;
         };
         if outcome.is_ok() && total.is_none_or(|t| sent == t) {
-            return Ok(());
+            return Ok(Received::All);
         }
         let reason = outcome
             .err()

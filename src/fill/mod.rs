@@ -22,7 +22,7 @@ use crate::coalesce::{Inflight, Leave};
 use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::store::{read_file, BlobStore, ByteStream, ContentStore, Evictor, Follow};
+use crate::store::{read_file, BlobStore, ByteStream, ContentStore, Evictor, Follow, StoreHealth};
 use crate::upstream::Upstream;
 
 /// Where a fill stands, as seen by its readers.
@@ -42,8 +42,28 @@ pub enum Progress {
         /// The blob size.
         size: u64,
     },
+    /// The blob cannot be stored now (store full or read-only, or larger than `max_size`);
+    /// nothing was written. Readers stream it from the upstream instead.
+    Uncacheable,
     /// Failed; nothing was stored.
     Failed(Arc<Error>),
+}
+
+/// How a fill started, as its readers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bytes are coming; the size if the upstream said.
+    Streaming(Option<u64>),
+    /// It cannot be stored now: stream it from the upstream without caching.
+    Uncacheable,
+}
+
+/// What a fill's upstream side ended with, short of a failure.
+pub(super) enum Outcome {
+    /// Every byte is in the spool and matches the digest.
+    Verified(crate::store::VerifiedSpool),
+    /// Nothing was written: the blob cannot be stored now.
+    Uncacheable,
 }
 
 /// A fill in progress that readers can follow.
@@ -92,14 +112,16 @@ impl Follow for Following {
 }
 
 impl Fill {
-    /// Wait until the size is known (or the fill failed before any byte).
-    pub async fn wait_started(&self) -> Result<Option<u64>, Error> {
+    /// Wait until the size is known, the blob turned out uncacheable, or the fill failed
+    /// before any byte.
+    pub async fn wait_started(&self) -> Result<Start, Error> {
         let mut rx = self.progress.clone();
         loop {
             match &*rx.borrow_and_update() {
                 Progress::Connecting => {}
-                Progress::Streaming { total, .. } => return Ok(*total),
-                Progress::Verified { size } => return Ok(Some(*size)),
+                Progress::Streaming { total, .. } => return Ok(Start::Streaming(*total)),
+                Progress::Verified { size } => return Ok(Start::Streaming(Some(*size))),
+                Progress::Uncacheable => return Ok(Start::Uncacheable),
                 Progress::Failed(e) => return Err(Error::Shared(e.clone())),
             }
             if rx.changed().await.is_err() {
@@ -159,17 +181,19 @@ pub struct Fills {
     /// Where verified content is committed.
     store: Arc<dyn ContentStore>,
     evictor: Arc<Evictor>,
+    health: Arc<StoreHealth>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Fills {
-    /// Fills spooling on the evictor's disk and committing to `store`; tasks are tracked by
-    /// `tasks` and stop on `shutdown`.
+    /// Fills spooling on the evictor's disk and committing to `store`, reporting failed
+    /// writes to `health`; tasks are tracked by `tasks` and stop on `shutdown`.
     pub fn new(
         evictor: Arc<Evictor>,
         store: Arc<dyn ContentStore>,
+        health: Arc<StoreHealth>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -179,6 +203,7 @@ impl Fills {
             disk: evictor.store().clone(),
             store,
             evictor,
+            health,
             metrics,
             tasks,
             shutdown,
@@ -262,15 +287,21 @@ impl Fills {
             _ = self.shutdown.cancelled() => Err(Error::ShuttingDown),
         };
         match fetched {
-            Ok(verified) => {
+            Ok(Outcome::Verified(verified)) => {
                 // Readers may finish now: the bytes are verified. Durability comes next.
                 let _ = tx.send(Progress::Verified { size: verified.size() });
                 if let Err(e) = self.store.commit(verified).await {
-                    tracing::error!(upstream = upstream.name(), digest = %digest, error = %e, "blob fill could not be stored");
+                    self.health.write_failed("blob", &e);
                 }
                 self.release(reserved).await;
                 // Leave after the commit: a request arriving now finds the committed blob.
                 drop(leave);
+            }
+            Ok(Outcome::Uncacheable) => {
+                tracing::debug!(upstream = upstream.name(), repo = %repo, digest = %digest, "blob not cached: streamed from upstream");
+                self.release(reserved).await;
+                drop(leave);
+                let _ = tx.send(Progress::Uncacheable);
             }
             Err(e) => {
                 self.failed(&upstream, &repo, &digest, &e);
@@ -293,14 +324,19 @@ impl Fills {
         }
     }
 
-    /// Log a failed fill; only the upstream's failures count as upstream errors.
+    /// Log a failed fill; only the upstream's failures count as upstream errors (a shutdown
+    /// or a store write that failed do not).
     fn failed(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, e: &Error) {
-        if e.origin() == Origin::Upstream {
-            let reason = match e {
-                Error::BadContent { .. } => "digest_mismatch",
-                _ => "fetch",
-            };
-            self.metrics.record_upstream_error(upstream.name(), reason);
+        match e.origin() {
+            Origin::Upstream => {
+                let reason = match e {
+                    Error::BadContent { .. } => "digest_mismatch",
+                    _ => "fetch",
+                };
+                self.metrics.record_upstream_error(upstream.name(), reason);
+            }
+            _ if matches!(e, Error::Store(_)) => self.health.write_failed("blob", e),
+            _ => {}
         }
         if !matches!(e, Error::ShuttingDown | Error::Uncacheable) {
             self.metrics
@@ -308,7 +344,7 @@ impl Fills {
                 .record_error(Some(upstream.name()), format!("blob fill {repo}@{digest}: {e}"));
         }
         match e {
-            Error::ShuttingDown | Error::Uncacheable => {
+            Error::ShuttingDown => {
                 tracing::info!(upstream = upstream.name(), repo = %repo, digest = %digest, reason = %e, "blob fill stopped")
             }
             _ => {

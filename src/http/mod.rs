@@ -207,9 +207,11 @@ async fn dispatch(
             Ok(api::base::get(info.is_head))
         }
         Route::Token => api::token::get(state, presented, caller, query).await,
-        Route::Live => Ok(plain(StatusCode::OK, "ok")),
-        Route::Ready if state.is_ready() => Ok(plain(StatusCode::OK, "ready")),
-        Route::Ready => Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")),
+        Route::Live => Ok(plain(StatusCode::OK, "ok".into())),
+        Route::Ready => Ok(match state.readiness() {
+            Ok(()) => plain(StatusCode::OK, "ready".into()),
+            Err(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        }),
         Route::Manifest(name, reference) => {
             let (up, repo) = resolve(name).await?;
             api::manifests::get(state, info, up, repo, reference).await
@@ -245,7 +247,7 @@ fn origin<B>(req: &Request<B>, is_tls: bool) -> String {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+fn plain(status: StatusCode, text: String) -> Response<Body> {
     let mut r = Response::new(body::full(text));
     *r.status_mut() = status;
     r.headers_mut()

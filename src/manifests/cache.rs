@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::oci::{inspect_manifest, Digest, MAX_MANIFEST_BYTES};
+use crate::oci::{inspect_manifest, Digest, MediaType, MAX_MANIFEST_BYTES};
 use crate::store::{self, BlobStore, ContentStore, Evictor, TagKey, TagRecord};
 
 use super::Manifest;
@@ -52,18 +52,39 @@ impl ManifestCache {
         }
     }
 
-    /// A stored manifest, verified against its digest. Disk reads run off the async threads.
+    /// A stored manifest, verified against its digest: only content committed as a manifest
+    /// (with its type recorded) is one. Disk reads run off the async threads.
     pub async fn load(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, store::Error> {
-        if let Some(m) = self.by_digest.get(digest) {
-            // Keep the on-disk copy's recency current, or LRU would evict a hot manifest.
-            self.store.touch(digest);
+        if let Some(m) = self.remembered(digest) {
             return Ok(Some(m));
         }
+        match self.store.manifest_type(digest).await? {
+            Some(media_type) => self.read(digest, &media_type).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The manifest a tag record names (the record says it was validated as a manifest).
+    pub async fn load_tagged(&self, rec: &TagRecord) -> Result<Option<Arc<Manifest>>, store::Error> {
+        if let Some(m) = self.remembered(&rec.digest) {
+            return Ok(Some(m));
+        }
+        self.read(&rec.digest, &rec.media_type).await
+    }
+
+    fn remembered(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        let m = self.by_digest.get(digest)?;
+        // Keep the on-disk copy's recency current, or LRU would evict a hot manifest.
+        self.store.touch(digest);
+        Some(m)
+    }
+
+    async fn read(&self, digest: &Digest, media_type: &MediaType) -> Result<Option<Arc<Manifest>>, store::Error> {
         let Some(bytes) = self.store.load(digest, MAX_MANIFEST_BYTES as u64).await? else {
             return Ok(None);
         };
         // Stored manifests passed inspection before; one that no longer does is not served.
-        let Ok(media_type) = inspect_manifest(&bytes, None) else {
+        let Ok(media_type) = inspect_manifest(&bytes, Some(media_type.as_str())) else {
             return Ok(None);
         };
         let m = Arc::new(Manifest {
@@ -75,25 +96,40 @@ impl ManifestCache {
         Ok(Some(m))
     }
 
-    /// Persist a verified manifest (making room for it first), then remember it. Not storable
-    /// (disk full): still served from memory for now.
-    pub async fn store(&self, m: Arc<Manifest>) -> Result<(), store::Error> {
-        let n = m.bytes.len() as u64;
-        if self.evictor.reserve(n).await? {
-            let (disk, m2) = (self.disk.clone(), m.clone());
-            let spooled = tokio::task::spawn_blocking(move || disk.spool_bytes(&m2.digest, &m2.bytes))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            let res = match spooled {
-                Ok(Ok(verified)) => self.store.commit(verified).await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            };
-            self.disk.index().release(n);
-            res?;
+    /// Whether the store holds `digest` as content that cannot be a manifest (a layer, or a
+    /// blob no manifest parser accepts): no registry has a manifest with that digest.
+    pub async fn holds_non_manifest(&self, digest: &Digest) -> Result<bool, store::Error> {
+        match self.store.stat(digest).await? {
+            None => Ok(false),
+            Some(size) if size > MAX_MANIFEST_BYTES as u64 => Ok(true),
+            Some(_) => Ok(self
+                .store
+                .load(digest, MAX_MANIFEST_BYTES as u64)
+                .await?
+                .is_some_and(|b| inspect_manifest(&b, None).is_err())),
         }
-        self.by_digest.insert(m.digest.clone(), m);
-        Ok(())
+    }
+
+    /// Remember a verified manifest, then persist it with its type (making room first). An
+    /// error means it is not stored; it is still served from memory for now.
+    pub async fn store(&self, m: Arc<Manifest>) -> Result<(), store::Error> {
+        self.by_digest.insert(m.digest.clone(), m.clone());
+        let n = m.bytes.len() as u64;
+        if !self.evictor.reserve(n).await? {
+            let no_room = std::io::Error::new(std::io::ErrorKind::StorageFull, "no room for a manifest");
+            return Err(no_room.into());
+        }
+        let (disk, m2) = (self.disk.clone(), m.clone());
+        let spooled = tokio::task::spawn_blocking(move || disk.spool_bytes(&m2.digest, &m2.bytes))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let res = match spooled {
+            Ok(Ok(verified)) => self.store.commit_manifest(verified, m.media_type.clone()).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        };
+        self.disk.index().release(n);
+        res
     }
 
     /// The tag record, from memory or (off the async threads) disk.

@@ -1,19 +1,25 @@
 //! The manifest service: everything about answering "which manifest is `repo:reference` on
 //! this upstream", independent of HTTP. By digest: immutable, a stored copy never contacts the
-//! upstream. By tag: a fresh record is served from the cache; a stale one is revalidated with
-//! one upstream HEAD (free on Docker Hub) and served stale within `stale_if_error` when the
-//! upstream fails; an upstream 404 is remembered for `negative_ttl`. Concurrent fetches of one
-//! digest and revalidations of one tag share one upstream exchange (flight keys). Every fetched
-//! manifest is verified (`verify.rs`) before it is stored, and a tag record moves only after the
-//! manifest it names is stored: two separate steps, [`Manifests::store_manifest`] then
-//! [`Manifests::move_tag`]. The api layer keeps only `Accept` negotiation and headers.
+//! upstream, and only content stored as a manifest (its type recorded) is one; a cached layer
+//! or config asked for here is not served. By tag: a fresh record is served from the cache; a
+//! stale one is revalidated with one upstream HEAD (free on Docker Hub) and served stale within
+//! `stale_if_error` when the upstream fails, or when it has not answered within
+//! `revalidate_timeout` (the revalidation finishes in the background); an upstream 404 is
+//! remembered for `negative_ttl`. Concurrent fetches of one digest and revalidations of one tag
+//! share one upstream exchange (flight keys). Every fetched manifest is verified (`verify.rs`)
+//! before it is stored, and a tag record moves only after the manifest it names is stored: two
+//! separate steps, [`Manifests::store_manifest`] then [`Manifests::move_tag`]. A store write
+//! that fails never fails the request: the verified manifest is served uncached, the old tag
+//! record stays, and the failure goes to [`StoreHealth`]. Stale serves are logged per outage,
+//! not per pull (`stale_log.rs`). The api layer keeps only `Accept` negotiation and headers.
 
 mod cache;
 mod freshness;
+mod stale_log;
 mod verify;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -21,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use cache::ManifestCache;
 pub use freshness::{freshness, Freshness};
+pub use stale_log::StaleLog;
 pub use verify::verify;
 
 use crate::cache_result::CacheResult;
@@ -29,7 +36,7 @@ use crate::error::{Error, Origin, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, MediaType, Reference, RepoName, Tag, MANIFEST_TYPES};
 pub use crate::store::TagKey;
-use crate::store::TagRecord;
+use crate::store::{StoreHealth, TagRecord};
 use crate::upstream::Upstream;
 
 /// A verified manifest.
@@ -67,20 +74,34 @@ pub fn all_types() -> Vec<HeaderValue> {
 #[derive(Clone)]
 pub struct Manifests {
     cache: ManifestCache,
+    health: Arc<StoreHealth>,
     flights: SingleFlight<FlightKey, FlightResult>,
     metrics: Arc<Metrics>,
     stale_if_error: Duration,
+    revalidate_timeout: Duration,
+    stale_log: Arc<StaleLog>,
 }
 
 impl Manifests {
-    /// A service over `cache`, serving stale tags within `stale_if_error` of their TTL;
-    /// coalesced fetches run on `tasks` (shutdown waits for them).
-    pub fn new(cache: ManifestCache, metrics: Arc<Metrics>, stale_if_error: Duration, tasks: TaskTracker) -> Manifests {
+    /// A service over `cache`, serving stale tags within `stale_if_error` of their TTL (and
+    /// while a revalidation takes longer than `revalidate_timeout`); failed store writes are
+    /// reported to `health`; coalesced fetches run on `tasks` (shutdown waits for them).
+    pub fn new(
+        cache: ManifestCache,
+        health: Arc<StoreHealth>,
+        metrics: Arc<Metrics>,
+        stale_if_error: Duration,
+        revalidate_timeout: Duration,
+        tasks: TaskTracker,
+    ) -> Manifests {
         Manifests {
             cache,
+            health,
             flights: SingleFlight::new(tasks),
             metrics,
             stale_if_error,
+            revalidate_timeout,
+            stale_log: Arc::default(),
         }
     }
 
@@ -120,28 +141,40 @@ impl Manifests {
                 "{reference}: no representation the client accepts"
             )));
         }
-        self.store_manifest(&m).await?;
+        self.store_manifest(&m).await;
         Ok(m)
     }
 
-    /// Step one of every fetch: persist a verified manifest (and keep it in memory).
-    pub async fn store_manifest(&self, m: &Arc<Manifest>) -> Result<()> {
-        Ok(self.cache.store(m.clone()).await?)
+    /// Step one of every fetch: persist a verified manifest (and keep it in memory). A store
+    /// that cannot be written does not fail the request: the manifest is served uncached.
+    pub async fn store_manifest(&self, m: &Arc<Manifest>) {
+        if let Err(e) = self.cache.store(m.clone()).await {
+            self.health.write_failed("manifest", &e);
+        }
     }
 
     /// Step two of a tag fetch: point the tag at a stored manifest, confirmed at `checked_at`.
-    pub async fn move_tag(&self, key: &TagKey, m: &Manifest, checked_at: SystemTime) -> Result<()> {
+    /// If the record cannot be written the old one stays, and the tag is revalidated again on
+    /// its next pull.
+    pub async fn move_tag(&self, key: &TagKey, m: &Manifest, checked_at: SystemTime) {
         let rec = TagRecord {
             digest: m.digest.clone(),
             media_type: m.media_type.clone(),
             checked_at,
         };
-        Ok(self.cache.set_tag(key, rec).await?)
+        if let Err(e) = self.cache.set_tag(key, rec).await {
+            self.health.write_failed("tag", &e);
+        }
     }
 
     async fn by_digest(&self, up: &Arc<Upstream>, repo: &RepoName, d: &Digest) -> Result<Resolved> {
         if let Some(m) = self.cache.load(d).await? {
             return Ok((m, CacheResult::Hit));
+        }
+        // A cached layer or blob that no manifest parser accepts: that digest is no manifest
+        // anywhere, so no need to ask (a registry may answer 5xx to it).
+        if self.cache.holds_non_manifest(d).await? {
+            return Err(Error::ManifestUnknown(format!("{d} is not a manifest")));
         }
         self.fetch_by_digest(up, repo, d).await
     }
@@ -155,7 +188,7 @@ impl Manifests {
             let fetched = fetched.map_err(|e| Error::from_upstream(up2.name(), &repo2, e))?;
             let fetched = fetched.ok_or_else(|| Error::ManifestUnknown(d2.to_string()))?;
             let m = Arc::new(verify(up2.name(), &d2.to_string(), fetched, Some(&d2))?);
-            this.store_manifest(&m).await?;
+            this.store_manifest(&m).await;
             Ok((m, CacheResult::Miss))
         };
         self.join(up, self.flights.run(key, flight(work)).await)
@@ -168,35 +201,55 @@ impl Manifests {
             tag: tag.clone(),
         };
         let rec = self.cache.tag(&key).await?;
-        if let Some(r) = &rec {
-            let f = freshness(r.checked_at, SystemTime::now(), up.manifest_ttl(), self.stale_if_error);
-            if f == Freshness::Fresh {
-                if let Some(m) = self.cache.load(&r.digest).await? {
-                    return Ok((m, CacheResult::Hit));
+        // The stored manifest of a stale record: served if the upstream fails or is slow.
+        let mut stale = None;
+        match &rec {
+            Some(r) => match freshness(r.checked_at, SystemTime::now(), up.manifest_ttl(), self.stale_if_error) {
+                Freshness::Fresh => {
+                    if let Some(m) = self.cache.load_tagged(r).await? {
+                        return Ok((m, CacheResult::Hit));
+                    }
                 }
+                Freshness::Stale => stale = self.cache.load_tagged(r).await?,
+                Freshness::Expired => {}
+            },
+            None if self.cache.is_known_missing(&key) => {
+                self.metrics.record_lookup("manifest", up.name(), CacheResult::Negative);
+                return Err(Error::ManifestUnknown(format!("{repo}:{tag}")));
             }
-        } else if self.cache.is_known_missing(&key) {
-            self.metrics.record_lookup("manifest", up.name(), CacheResult::Negative);
-            return Err(Error::ManifestUnknown(format!("{repo}:{tag}")));
+            None => {}
         }
-        let work = self.clone().revalidate(up.clone(), key.clone(), rec);
-        self.join(up, self.flights.run(FlightKey::Tag(key), flight(work)).await)
+        let work = self.clone().revalidate(up.clone(), key.clone(), rec, stale.clone());
+        let flight = self.flights.run(FlightKey::Tag(key), flight(work));
+        let Some(m) = stale else {
+            return self.join(up, flight.await);
+        };
+        // The flight runs in its own task: a pull that stops waiting does not cancel it, and it
+        // moves the tag when the upstream answers.
+        match tokio::time::timeout(self.revalidate_timeout, flight).await {
+            Ok(res) => self.join(up, res),
+            Err(_) => {
+                let reason = format!("no answer within revalidate_timeout ({:?})", self.revalidate_timeout);
+                self.stale_log.served(up.name(), &reason, Instant::now());
+                Ok((m, CacheResult::Stale))
+            }
+        }
     }
 
     /// Ask upstream about a tag: HEAD when berth has a record, GET otherwise (or when the HEAD
-    /// carried no digest). Serves the stale record when the upstream fails within
-    /// `stale_if_error`.
-    async fn revalidate(self, up: Arc<Upstream>, key: TagKey, rec: Option<TagRecord>) -> Result<Resolved> {
+    /// carried no digest). Serves `stale` (the record's manifest, within `stale_if_error`)
+    /// when the upstream fails.
+    async fn revalidate(
+        self,
+        up: Arc<Upstream>,
+        key: TagKey,
+        rec: Option<TagRecord>,
+        stale: Option<Arc<Manifest>>,
+    ) -> Result<Resolved> {
         let now = SystemTime::now();
-        let stale = match &rec {
-            Some(r) if freshness(r.checked_at, now, up.manifest_ttl(), self.stale_if_error) != Freshness::Expired => {
-                self.cache.load(&r.digest).await?
-            }
-            _ => None,
-        };
         let serve_stale = |e: Error| match &stale {
             Some(m) if e.origin() == Origin::Upstream => {
-                tracing::warn!(upstream = up.name(), repo = %key.repo, reference = %key.tag, error = %e, "serving stale tag");
+                self.stale_log.served(up.name(), &e, Instant::now());
                 Ok((m.clone(), CacheResult::Stale))
             }
             _ => Err(e),
@@ -209,17 +262,18 @@ impl Manifests {
                 Ok(Some(head)) => {
                     if let Some(d) = head.digest {
                         let stored = match d == r.digest {
-                            true => self.cache.load(&d).await?,
+                            true => self.cache.load_tagged(r).await?,
                             false => None,
                         };
                         let (m, result) = match stored {
                             Some(m) => (m, CacheResult::Revalidated),
-                            None => (
-                                self.fetch_by_digest(&up, &key.repo, &d).await?.0,
-                                CacheResult::Refreshed,
-                            ),
+                            None => match self.fetch_by_digest(&up, &key.repo, &d).await {
+                                Ok((m, _)) => (m, CacheResult::Refreshed),
+                                Err(e) => return serve_stale(e),
+                            },
                         };
-                        self.move_tag(&key, &m, now).await?;
+                        self.move_tag(&key, &m, now).await;
+                        self.stale_log.answered(up.name(), Instant::now());
                         return Ok((m, result));
                     }
                 }
@@ -231,14 +285,17 @@ impl Manifests {
             Err(e) => return serve_stale(upstream_err(e)),
         };
         let m = Arc::new(verify(up.name(), &format!("{}:{}", key.repo, key.tag), fetched, None)?);
-        self.store_manifest(&m).await?;
-        self.move_tag(&key, &m, now).await?;
+        self.store_manifest(&m).await;
+        self.move_tag(&key, &m, now).await;
+        self.stale_log.answered(up.name(), Instant::now());
         Ok((m, CacheResult::Miss))
     }
 
     /// The upstream says the tag does not exist: drop the record, remember the 404.
     async fn missing(&self, key: &TagKey) -> Result<Resolved> {
-        self.cache.tag_missing(key).await?;
+        if let Err(e) = self.cache.tag_missing(key).await {
+            self.health.write_failed("tag", &e);
+        }
         Err(Error::ManifestUnknown(format!("{}:{}", key.repo, key.tag)))
     }
 

@@ -27,7 +27,7 @@ pub fn snapshot(state: &AppState) -> Snapshot {
     if !state.ready.load(Ordering::Relaxed) {
         not_ready.push("starting or shutting down");
     }
-    let writable = state.store_writable.load(Ordering::Relaxed);
+    let writable = state.health.problem().is_none();
     if !writable {
         not_ready.push("the store cannot be written (cached content is still served)");
     }

@@ -1,8 +1,8 @@
 //! The one way a file in the store is replaced or published: the content is complete and
 //! fsynced before a rename makes it visible, and the directory is fsynced after, so a crash at
 //! any moment leaves either the old file or the new one. A temp file that was not published
-//! is removed. Used for tag records, `pins.json` and committed content; nothing else renames
-//! into the store.
+//! is removed. Used for tag records, manifest-type records, `pins.json` and committed content;
+//! nothing else renames into the store.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

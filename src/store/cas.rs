@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 
 use super::index::{ReadGuard, StoreIndex};
 use super::spool::TempFile;
-use super::{atomic, Error, LinkStore, Spool, TagStore, VerifiedSpool};
+use super::{atomic, Error, LinkStore, ManifestTypes, Spool, TagStore, VerifiedSpool};
 use crate::oci::Digest;
 
 /// Handle to the store root, its index and its tag records. Cheap to clone.
@@ -25,6 +26,7 @@ pub struct BlobStore {
     index: Arc<StoreIndex>,
     tags: TagStore,
     links: LinkStore,
+    manifest_types: ManifestTypes,
 }
 
 impl BlobStore {
@@ -57,6 +59,7 @@ impl BlobStore {
             index: Arc::new(index),
             tags: TagStore::new(root),
             links: LinkStore::new(root),
+            manifest_types: ManifestTypes::new(root),
         })
     }
 
@@ -68,6 +71,9 @@ impl BlobStore {
     /// The repository links.
     pub fn links(&self) -> &LinkStore {
         &self.links
+    /// Which committed objects are manifests, and of which type.
+    pub fn manifest_types(&self) -> &ManifestTypes {
+        &self.manifest_types
     }
 
     /// The index of committed content.
@@ -134,9 +140,13 @@ impl BlobStore {
         Ok(Spool::new(self.create_temp()?, expected))
     }
 
-    /// Whether a new file can be created in the store now (for readiness).
-    pub fn check_writable(&self) -> Result<(), Error> {
-        self.create_temp().map(drop)
+    /// Whether a fill could be written now: create a temp file, write `n` bytes and fsync
+    /// them (the file is removed again). Fails on a full or read-only file system.
+    pub fn probe_write(&self, n: usize) -> Result<(), Error> {
+        let tmp = self.create_temp()?;
+        tmp.file.write_all_at(&vec![0u8; n], 0)?;
+        tmp.file.sync_all()?;
+        Ok(())
     }
 
     fn create_temp(&self) -> Result<TempFile, Error> {
@@ -231,6 +241,7 @@ impl BlobStore {
     /// Remove committed content (absent is fine). Open readers keep their descriptors.
     pub fn remove(&self, digest: &Digest) -> Result<(), Error> {
         self.index.remove(digest);
+        self.manifest_types.remove(digest)?;
         match fs::remove_file(self.blob_path(digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

@@ -14,6 +14,8 @@
 //! - Tag records are small documents replaced atomically.
 //! - Links (`(upstream, repository, digest)`: that repository holds that digest) are sets of
 //!   keys: saving one is idempotent; losing one costs an upstream check, never a wrong read.
+//! - Only content committed with [`ContentStore::commit_manifest`] has a manifest type, and
+//!   only such content is served as a manifest (a config blob never is).
 
 use std::future::Future;
 use std::io;
@@ -24,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Error, LinkKey, TagEntry, TagKey, TagRecord, VerifiedSpool};
-use crate::oci::Digest;
+use crate::oci::{Digest, MediaType};
 
 /// A stream of body chunks; an `Err` item means the transfer broke (never a clean end).
 pub type ByteStream = mpsc::Receiver<io::Result<Bytes>>;
@@ -83,6 +85,10 @@ pub trait ContentStore: Send + Sync {
     fn load<'a>(&'a self, digest: &'a Digest, max: u64) -> StoreFuture<'a, Option<Bytes>>;
     /// Make verified content visible under its digest, atomically.
     fn commit(&self, spool: VerifiedSpool) -> StoreFuture<'_, ()>;
+    /// Commit a verified manifest and record the type it was validated as.
+    fn commit_manifest(&self, spool: VerifiedSpool, media_type: MediaType) -> StoreFuture<'_, ()>;
+    /// The type `digest` was committed as a manifest with; `None` for any other content.
+    fn manifest_type<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<MediaType>>;
     /// Remove committed content (absent is fine). Open readers may finish.
     fn delete<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()>;
     /// Every committed object.

@@ -13,7 +13,7 @@ use super::{
     read_file, Blob, BlobStore, ByteStream, Complete, ContentStore, Error, LinkKey, ObjectInfo, RangeReader, ReadGuard,
     StoreFuture, TagEntry, TagKey, TagRecord, VerifiedSpool,
 };
-use crate::oci::Digest;
+use crate::oci::{Digest, MediaType};
 
 /// Run blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
@@ -69,6 +69,20 @@ impl ContentStore for BlobStore {
     fn commit(&self, spool: VerifiedSpool) -> StoreFuture<'_, ()> {
         let store = self.clone();
         Box::pin(blocking(move || store.commit(spool)))
+    }
+
+    fn commit_manifest(&self, spool: VerifiedSpool, media_type: MediaType) -> StoreFuture<'_, ()> {
+        let store = self.clone();
+        Box::pin(blocking(move || {
+            let digest = spool.digest().clone();
+            store.commit(spool)?;
+            store.manifest_types().save(&digest, &media_type)
+        }))
+    }
+
+    fn manifest_type<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<MediaType>> {
+        let (types, d) = (self.manifest_types().clone(), digest.clone());
+        Box::pin(blocking(move || types.load(&d)))
     }
 
     fn delete<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {

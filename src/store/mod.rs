@@ -2,10 +2,12 @@
 //! (what a backend must guarantee is written there); the local disk is the backend here:
 //! content-addressed blobs and manifests (`cas`, with `local.rs` implementing the trait),
 //! spools that fills write to and readers tail (`spool`, `reader`), the in-memory index and
-//! eviction (`index`, `evict`), tag records (`tags`), repository links (`links`), pins, and the
-//! server's lock (`lock`). Layout under the configured root:
+//! eviction (`index`, `evict`), tag records (`tags`), repository links (`links`), which
+//! objects are manifests (`manifest_types`), pins, the server's lock (`lock`), and whether the
+//! disk can be written now (`health`). Layout under the configured root:
 //! ```text
 //! blobs/sha256/ab/abcdef...          verified content, visible only after verify + fsync + rename
+//! manifests/sha256/ab/abcdef...      media type of an object committed as a manifest
 //! tmp/                               writes in progress; emptied at start
 //! tags/<upstream>/<repo>/_tags/<tag> JSON tag record (digest, media type, checked_at)
 //! links/<upstream>/<repo>/_links/sha256/<hex>  empty: the repository holds the digest
@@ -18,10 +20,12 @@ mod atomic;
 mod cas;
 mod content;
 mod evict;
+mod health;
 mod index;
 mod links;
 mod local;
 mod lock;
+mod manifest_types;
 mod pins;
 mod reader;
 mod spool;
@@ -30,9 +34,11 @@ mod tags;
 pub use cas::BlobStore;
 pub use content::{Blob, ByteStream, ContentStore, ObjectInfo, RangeReader, StoreFuture};
 pub use evict::{free_space, EvictReport, Evictor, Limits};
+pub use health::{StoreHealth, PROBE_BYTES};
 pub use index::{Entry, ReadGuard, StoreIndex};
 pub use links::{LinkKey, LinkStore};
 pub use lock::{LockError, StoreLock};
+pub use manifest_types::ManifestTypes;
 pub use pins::{Pin, Pins};
 pub use reader::{read_file, Complete, Follow, CHUNK};
 pub use spool::{Spool, VerifiedSpool};

@@ -525,6 +525,45 @@ impl Drop for BodyCount {
 
 // === TestProxy ===
 
+/// berth's log lines (`berth=info`, no colours), captured from the moment `capture_logs` is
+/// called. Call it before starting a `TestProxy` (whose own subscriber then stays unused);
+/// nextest runs each test in its own process, so the global subscriber is the test's own.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Lines logged so far that contain every one of `words`.
+    pub fn lines_with(&self, words: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+pub fn capture_logs() -> LogCapture {
+    let logs = LogCapture::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("berth=info")
+        .with_writer(move || writer.clone())
+        .init();
+    logs
+}
+
 /// berth::run in-process on 127.0.0.1:0 with a temp store.
 pub struct TestProxy {
     pub addr: SocketAddr,
