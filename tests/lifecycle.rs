@@ -389,10 +389,9 @@ async fn readyz_reports_a_full_store_with_its_reason() {
     let _mount = Tmpfs::mount(&dir.path().join("store"), "8m");
     let proxy = TestProxy::start_in(dir, &fake.url(), "").await;
     assert_eq!(wait_readyz(&proxy, 200, Duration::from_secs(10)).await.status, 200);
-    assert!(proxy.metrics().await.contains("berth_storage_writable 1"));
     fill_up(&proxy.store().join("ballast"));
-    let r = get(&proxy.url("/v2/library/a/manifests/v1"), &[ACCEPT]).await;
-    assert_eq!(r.status, 200, "the pull is answered");
+    // A cold pull: its store writes fail (whether it is answered is the tests above).
+    get(&proxy.url("/v2/library/a/manifests/v1"), &[ACCEPT]).await;
     let r = wait_readyz(&proxy, 503, Duration::from_secs(10)).await;
     assert_eq!(r.status, 503, "a full store is not ready");
     let body = String::from_utf8_lossy(r.bytes()).to_string();
