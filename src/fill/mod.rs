@@ -220,7 +220,7 @@ impl Fills {
                 let (written, total) = match &*fill.progress.borrow() {
                     Progress::Streaming { written, total } => (*written, *total),
                     Progress::Verified { size } => (*size, Some(*size)),
-                    Progress::Connecting | Progress::Failed(_) => (0, None),
+                    Progress::Connecting | Progress::Uncacheable | Progress::Failed(_) => (0, None),
                 };
                 FillStatus {
                     upstream: fill.upstream.clone(),
@@ -338,7 +338,7 @@ impl Fills {
             _ if matches!(e, Error::Store(_)) => self.health.write_failed("blob", e),
             _ => {}
         }
-        if !matches!(e, Error::ShuttingDown | Error::Uncacheable) {
+        if !matches!(e, Error::ShuttingDown) {
             self.metrics
                 .activity()
                 .record_error(Some(upstream.name()), format!("blob fill {repo}@{digest}: {e}"));
