@@ -71,6 +71,8 @@ impl BlobStore {
     /// The repository links.
     pub fn links(&self) -> &LinkStore {
         &self.links
+    }
+
     /// Which committed objects are manifests, and of which type.
     pub fn manifest_types(&self) -> &ManifestTypes {
         &self.manifest_types
