@@ -489,8 +489,24 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 
 fn uri<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse::<Uri>()
-        .map_err(|e| serde::de::Error::custom(format!("invalid url {s:?}: {e}")))
+    s.parse::<Uri>().map_err(|e| {
+        let hint = if redact_userinfo(&s) != s { USERINFO_HINT } else { "" };
+        serde::de::Error::custom(format!("invalid url {:?}: {e}{hint}", redact_userinfo(&s)))
+    })
+}
+
+/// Appended to every complaint about credentials in an upstream URL.
+const USERINFO_HINT: &str = " (credentials do not belong in the url: set username and password_file or password_env)";
+
+/// `url` with any userinfo (`user:password@`) replaced by `***@`, for messages and logs. Works
+/// on text that does not parse as a URI too, so a password never reaches an error message.
+pub fn redact_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
 }
 
 mod load;

@@ -176,7 +176,8 @@ impl Error {
         use upstream::Error as U;
         match self {
             Error::NameInvalid => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
-            // distribution's code; the conformance suite accepts 400 or 404 here.
+            // A manifest reference that is no tag is MANIFEST_UNKNOWN (route.rs); this is
+            // for tags given elsewhere.
             Error::TagInvalid => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             Error::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             Error::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),

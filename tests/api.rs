@@ -172,8 +172,8 @@ async fn bad_input_gets_spec_errors_without_upstream_contact() {
         (
             http::Method::GET,
             "/v2/library/app/manifests/-bad".into(),
-            400,
-            "TAG_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
         ),
         (
             http::Method::GET,
@@ -273,6 +273,49 @@ async fn a_registry_host_that_is_no_alias_gets_name_unknown_without_upstream_con
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_that_is_no_tag_is_manifest_unknown_without_upstream_contact() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    // The distribution-spec v1.1 conformance suite: only 404 MANIFEST_UNKNOWN is allowed.
+    let url = proxy.url("/v2/library/app/manifests/.INVALID_MANIFEST_NAME");
+    let r = get(&url, &[]).await;
+    assert_eq!(
+        (r.status, r.json()["errors"][0]["code"].as_str()),
+        (404, Some("MANIFEST_UNKNOWN"))
+    );
+    assert_eq!(head(&url, &[]).await.status, 404, "HEAD answers the same status");
+    // A reference with ':' can only be a digest: a malformed one stays 400 DIGEST_INVALID.
+    let r = get(&proxy.url("/v2/library/app/manifests/sha256:abc"), &[]).await;
+    assert_eq!(
+        (r.status, r.json()["errors"][0]["code"].as_str()),
+        (400, Some("DIGEST_INVALID"))
+    );
+    assert_eq!(fake.total_hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_too_long_after_the_library_prefix_is_name_invalid_without_upstream_contact() {
+    let fake = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    // 255 characters are a valid name; Docker Hub's `library/` makes it 263.
+    let name = "a".repeat(255);
+    for path in [
+        format!("/v2/{name}/manifests/latest"),
+        format!("/v2/{name}/blobs/{}", sha256(b"x")),
+        format!("/v2/{name}/tags/list"),
+        format!("/v2/docker.io/{name}/manifests/latest"),
+    ] {
+        let r = get(&proxy.url(&path), &[]).await;
+        assert_eq!(
+            (r.status, r.json()["errors"][0]["code"].as_str()),
+            (400, Some("NAME_INVALID")),
+            "{path}"
+        );
+    }
+    assert_eq!(fake.total_hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_endpoint_and_probes_answer() {
     let fake = FakeRegistry::start().await;
     let proxy = TestProxy::start(&fake.url(), "").await;
@@ -362,6 +405,68 @@ async fn tags_list_is_passed_through() {
     );
     assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
     assert_eq!(fake.hits("GET", "/v2/library/app/tags/list"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_link_points_at_berth_with_the_clients_routing_or_is_dropped() {
+    let fake = FakeRegistry::start().await;
+    fake.image("library/app", "a", OCI_MANIFEST, &[random_bytes(10)]);
+    fake.image("library/app", "b", OCI_MANIFEST, &[random_bytes(11)]);
+    let proxy = TestProxy::start(&fake.url(), "").await;
+    let next = "</v2/library/app/tags/list?n=1&last=a>; rel=\"next\"";
+    let absolute = format!("<{}/v2/library/app/tags/list?last=a&n=1>; rel=\"next\"", fake.url());
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        // The client's own path and routing, the upstream's pagination.
+        (
+            "/v2/app/tags/list?n=1",
+            next.into(),
+            Some("</v2/app/tags/list?n=1&last=a>; rel=\"next\""),
+        ),
+        (
+            "/v2/docker.io/library/app/tags/list?n=1",
+            next.into(),
+            Some("</v2/docker.io/library/app/tags/list?n=1&last=a>; rel=\"next\""),
+        ),
+        (
+            "/v2/library/app/tags/list?n=1&ns=docker.io",
+            next.into(),
+            Some("</v2/library/app/tags/list?n=1&last=a&ns=docker.io>; rel=\"next\""),
+        ),
+        (
+            "/v2/app/tags/list",
+            absolute,
+            Some("</v2/app/tags/list?last=a&n=1>; rel=\"next\""),
+        ),
+        // Another origin, or another repository: dropped.
+        (
+            "/v2/app/tags/list",
+            "<http://169.254.169.254/latest/meta-data/?last=a>; rel=\"next\"".into(),
+            None,
+        ),
+        (
+            "/v2/app/tags/list",
+            "<//169.254.169.254/v2/library/app/tags/list?last=a>; rel=\"next\"".into(),
+            None,
+        ),
+        (
+            "/v2/app/tags/list",
+            "</v2/other/app/tags/list?last=a>; rel=\"next\"".into(),
+            None,
+        ),
+        // Only the `next` link survives, and only when it is for this listing.
+        (
+            "/v2/app/tags/list",
+            "</v2/library/app/tags/list?last=a>; rel=\"next\", <http://evil.example/>; rel=\"x\"".into(),
+            Some("</v2/app/tags/list?last=a>; rel=\"next\""),
+        ),
+    ];
+    for (path, upstream_link, want) in cases {
+        *fake.state.tags_link.lock().unwrap() = Some(upstream_link.clone());
+        let r = get(&proxy.url(path), &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]), "{path}");
+        assert_eq!(r.header("link"), want, "{path} with upstream Link {upstream_link}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -519,6 +519,45 @@ fn check_config_reports_every_problem_and_exits_78() {
     );
 }
 
+#[test]
+fn a_password_in_an_upstream_url_is_never_printed() {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let config =
+        |url: &str| format!("[storage]\npath = \"/tmp/x\"\n[upstreams.hub]\nurl = \"{url}\"\ndefault = true\n");
+    let urls = [
+        "https://bot:s3cretpw@registry.example",
+        // Not even a URI: the parse error must not echo it either.
+        "https://bot:s3cretpw with space@registry.example",
+    ];
+    for url in urls {
+        for (how, file_url, env) in [
+            ("config file", url, None),
+            ("BERTH_UPSTREAMS__HUB__URL", "https://registry.example", Some(url)),
+        ] {
+            std::fs::write(f.path(), config(file_url)).unwrap();
+            for cmd in ["check-config", "serve"] {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+                c.arg("--config").arg(f.path()).arg(cmd);
+                if let Some(v) = env {
+                    c.env("BERTH_UPSTREAMS__HUB__URL", v);
+                }
+                let out = c.output().expect("run berth");
+                let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+                assert_eq!(
+                    out.status.code(),
+                    Some(78),
+                    "{cmd} refuses userinfo from the {how}: {all}"
+                );
+                assert!(
+                    !all.contains("s3cretpw"),
+                    "{cmd} printed the password from the {how}: {all}"
+                );
+                assert!(all.contains("password_file"), "{cmd} points to password_file: {all}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_exits_zero_only_when_berth_answers() {
     let fake = FakeRegistry::start().await;

@@ -187,6 +187,42 @@ async fn redirects_are_followed_without_leaking_to_private_hosts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_not_sent_when_a_redirect_changes_the_port() {
+    let fake = FakeRegistry::start().await;
+    let other_port = FakeRegistry::start().await;
+    *fake.state.basic.lock().unwrap() = Some("Ym90Omh1bnRlcjI=".into()); // bot:hunter2
+    let blob = random_bytes(50_000);
+    let d = fake.put_blob(blob.clone());
+    other_port.put_blob(blob.clone());
+    // Same host (127.0.0.1, a configured upstream host), another port: another origin.
+    fake.fault(
+        &d,
+        Fault::Redirect(format!("{}/v2/library/app/blobs/{d}", other_port.url())),
+    );
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), "hunter2\n").unwrap();
+    let extra = format!("username = \"bot\"\npassword_file = {:?}\n", pw.path());
+    let proxy = TestProxy::start(&fake.url(), &extra).await;
+    let r = get(&proxy.url(&format!("/v2/library/app/blobs/{d}")), &[]).await;
+    assert_eq!((r.status, r.bytes()), (200, &blob), "the redirect is still followed");
+    assert_eq!(other_port.hits("GET", &format!("/v2/library/app/blobs/{d}")), 1);
+    assert!(
+        fake.state
+            .authorizations
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.starts_with("Basic ")),
+        "the upstream's own origin got the credentials"
+    );
+    assert_eq!(
+        *other_port.state.authorizations.lock().unwrap(),
+        Vec::<String>::new(),
+        "no Authorization to another port of the same host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_fill_resumes_when_the_upstream_restarts_mid_transfer() {
     use http_body_util::BodyExt;
     let fake = FakeRegistry::start().await;

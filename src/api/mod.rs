@@ -5,6 +5,7 @@
 
 pub mod base;
 pub mod blobs;
+pub mod link;
 pub mod manifests;
 pub mod referrers;
 pub mod tags;

@@ -73,7 +73,7 @@ impl ImageRef {
         };
         let mut repo: RepoName = path.parse().map_err(|_| bad("invalid repository name"))?;
         if matches!(registry.as_str(), "docker.io" | "index.docker.io") {
-            repo = repo.with_library_prefix();
+            repo = repo.with_library_prefix().map_err(|_| bad("invalid repository name"))?;
         }
         Ok(ImageRef {
             registry,

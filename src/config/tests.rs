@@ -102,6 +102,21 @@ fn secrets_never_print() {
 }
 
 #[test]
+fn userinfo_is_redacted_even_in_text_that_is_no_uri() {
+    let cases: &[(&str, &str)] = &[
+        ("https://u:pw@r.example", "https://***@r.example"),
+        ("https://u:p@w@r.example:5000/x", "https://***@r.example:5000/x"),
+        ("https://u:p w@r.example", "https://***@r.example"),
+        ("u:pw@r.example", "***@r.example"),
+        ("https://r.example/a@b", "https://r.example/a@b"),
+        ("https://r.example", "https://r.example"),
+    ];
+    for (url, want) in cases {
+        assert_eq!(redact_userinfo(url), *want, "{url}");
+    }
+}
+
+#[test]
 fn sizes_parse_with_iec_and_si_units() {
     let cases = [
         ("1024", Some(1024)),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AuthConfig, Config, Problem, Severity};
+use super::{redact_userinfo, AuthConfig, Config, Problem, Severity, USERINFO_HINT};
 
 /// The shortest token-signing key accepted, in bytes.
 pub const MIN_TOKEN_KEY_BYTES: usize = 32;
@@ -44,11 +44,16 @@ impl Config {
             {
                 err(format!("upstream name {name:?}: use letters, digits, '-' and '_' only"));
             }
+            let url = up.url.to_string();
             match (up.url.scheme_str(), up.url.authority()) {
                 (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
+                (_, Some(a)) if a.as_str().contains('@') => err(format!(
+                    "upstreams.{name}.url {:?}: must be http(s)://host[:port]{USERINFO_HINT}",
+                    redact_userinfo(&url)
+                )),
                 _ => err(format!(
                     "upstreams.{name}.url {:?}: must be http(s)://host[:port] without credentials",
-                    up.url.to_string()
+                    redact_userinfo(&url)
                 )),
             }
             if !matches!(up.url.path(), "" | "/") || up.url.query().is_some() {

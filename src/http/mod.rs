@@ -195,6 +195,7 @@ async fn dispatch(
             .map_err(|e| match e {
                 RouteError::UnknownNamespace(ns) => Error::UnknownNamespace(ns),
                 RouteError::UnknownRegistry { host, known } => Error::UnknownRegistry { host, known },
+                RouteError::NameInvalid => Error::NameInvalid,
             })?;
         let _ = upstream.set(up.name().to_string());
         state.auth.authorize(presented, caller, &up, &repo, &name).await?;
@@ -221,8 +222,13 @@ async fn dispatch(
             api::blobs::get(state, info, up, repo, digest).await
         }
         Route::Tags(name) => {
-            let (up, repo) = resolve(name).await?;
-            api::tags::get(&up, &repo, &query.passthrough, info.is_head).await
+            let (up, repo) = resolve(name.clone()).await?;
+            let listing = api::tags::Listing {
+                client_repo: &name,
+                ns: query.ns.as_deref(),
+                repo: &repo,
+            };
+            api::tags::get(&up, listing, &query.passthrough, info.is_head).await
         }
         Route::Referrers(name, subject) => {
             let (up, repo) = resolve(name).await?;

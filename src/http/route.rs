@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::error::Error;
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, NameError, Reference, RepoName};
 
 /// The longest request path accepted (a name is at most 255 bytes; digests up to 135).
 const MAX_PATH_LEN: usize = 1024;
@@ -65,7 +65,12 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         let name: RepoName = name.parse()?;
-        let reference: Reference = reference.parse()?;
+        let reference: Reference = reference.parse().map_err(|e| match e {
+            // distribution-spec v1.1 (and its conformance suite): a manifest that cannot be
+            // found is 404 MANIFEST_UNKNOWN, and a string that is no tag names none.
+            NameError::InvalidTag => Error::ManifestUnknown(reference.to_string()),
+            e => Error::from(e),
+        })?;
         return pull_only(method, "manifest push and delete", Route::Manifest(name, reference));
     }
     if let Some((name, tail)) = rest.rsplit_once("/blobs/") {
@@ -172,7 +177,7 @@ mod tests {
             (M::GET, "/v2/a/../../x/manifests/latest".into(), Err("NAME_INVALID")),
             (M::GET, "/v2/a%2Fb/manifests/latest".into(), Err("NAME_INVALID")),
             (M::GET, "/v2/a//b/manifests/latest".into(), Err("NAME_INVALID")),
-            (M::GET, "/v2/a/manifests/.hidden".into(), Err("TAG_INVALID")),
+            (M::GET, "/v2/a/manifests/.hidden".into(), Err("MANIFEST_UNKNOWN")),
             (M::GET, "/v2/a/manifests/sha256:abc".into(), Err("DIGEST_INVALID")),
             (M::GET, "/v2/a/blobs/latest".into(), Err("DIGEST_INVALID")),
             (

@@ -45,12 +45,13 @@ impl RepoName {
         self.0.split_once('/').map(|(_, rest)| RepoName(rest.to_string()))
     }
 
-    /// Docker Hub official images: a one-component name gets `library/`.
-    pub fn with_library_prefix(self) -> RepoName {
+    /// Docker Hub official images: a one-component name gets `library/`. The result is
+    /// validated again: a 249-byte or longer name would exceed the spec's 255 with it.
+    pub fn with_library_prefix(self) -> Result<RepoName, NameError> {
         if self.0.contains('/') {
-            self
+            Ok(self)
         } else {
-            RepoName(format!("library/{}", self.0))
+            format!("library/{}", self.0).parse()
         }
     }
 }
@@ -246,8 +247,14 @@ mod tests {
     #[test]
     fn one_component_names_get_library_prefix() {
         let n: RepoName = "alpine".parse().unwrap();
-        assert_eq!(n.with_library_prefix().as_str(), "library/alpine");
+        assert_eq!(n.with_library_prefix().unwrap().as_str(), "library/alpine");
         let n: RepoName = "org/app".parse().unwrap();
-        assert_eq!(n.with_library_prefix().as_str(), "org/app");
+        assert_eq!(n.with_library_prefix().unwrap().as_str(), "org/app");
+        let longest: RepoName = "a".repeat(255).parse().unwrap();
+        assert_eq!(
+            longest.with_library_prefix(),
+            Err(NameError::InvalidName),
+            "a name is checked again after the rewrite"
+        );
     }
 }

@@ -149,7 +149,8 @@ impl HttpClient {
     }
 
     /// Send one request and follow redirects (GET and HEAD only, http(s) only, no downgrade
-    /// from https, `Authorization` dropped for good once the host changes).
+    /// from https, `Authorization` dropped for good once the origin, scheme, host or port,
+    /// changes).
     pub async fn send(&self, method: Method, url: Uri, mut headers: HeaderMap) -> Result<Response<Incoming>, Error> {
         let mut url = url;
         headers.insert(
@@ -173,13 +174,28 @@ impl HttpClient {
                 return Ok(resp);
             }
             let next = redirect_target(&url, resp.headers().get(LOCATION), &self.trusted)?;
-            if next.host() != url.host() {
+            if !same_origin(&next, &url) {
                 headers.remove(AUTHORIZATION);
             }
             url = next;
         }
         Err(Error::Redirect(format!("more than {MAX_REDIRECTS} redirects")))
     }
+}
+
+/// RFC 6454 origin equality: scheme, host and port (the scheme's default when omitted).
+/// Credentials belong to one origin; another port of the same host is another server.
+pub fn same_origin(a: &Uri, b: &Uri) -> bool {
+    let origin = |u: &Uri| {
+        let scheme = u.scheme_str().map(str::to_ascii_lowercase);
+        let port = u.port_u16().or(match scheme.as_deref() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        (scheme, u.host().map(str::to_ascii_lowercase), port)
+    };
+    origin(a) == origin(b)
 }
 
 /// Where a redirect may lead: an absolute or relative `Location`, http(s), no https->http
@@ -340,6 +356,26 @@ YRXUoTSA2GG9vxwsWFkh2S0AzBPPWPbnAiAqk4DkjCD99iUlCsNTgyj+aNPMUBlC
             assert_eq!(got.is_ok(), *ok, "{from} -> {loc}: {got:?}");
         }
         assert!(redirect_target(&from_https, None, &trusted).is_err());
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("https://r.example/v2/", "https://r.example/x", true),
+            ("https://r.example/v2/", "https://R.EXAMPLE:443/x", true),
+            ("http://127.0.0.1:5000/a", "http://127.0.0.1:5000/b", true),
+            ("http://127.0.0.1:5000/a", "http://127.0.0.1:5001/a", false),
+            ("https://r.example/v2/", "http://r.example/v2/", false),
+            ("https://r.example/v2/", "https://r.example:8443/v2/", false),
+            ("https://r.example/v2/", "https://cdn.example/v2/", false),
+        ];
+        for (a, b, same) in cases {
+            assert_eq!(
+                same_origin(&a.parse().unwrap(), &b.parse().unwrap()),
+                *same,
+                "{a} vs {b}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 
 pub use auth::{parse_challenge, realm_allowed, Challenge, TokenCache};
 pub use breaker::{parse_retry_after, Admit, Breaker, CircuitState, Failure, Opened, Verdict};
-pub use client::{error_chain, is_public, HttpClient};
+pub use client::{error_chain, is_public, same_origin, HttpClient};
 pub use referrers::ReferrersPage;
 use request::{check_status, header_string};
 pub use request::{content_length, encode_query, read_capped};
@@ -195,6 +195,11 @@ impl Upstream {
     /// The breaker's position and, unless closed, why it opened.
     pub fn circuit(&self) -> (CircuitState, Option<Opened>) {
         self.breaker.status()
+    }
+
+    /// The configured base URL (`scheme://host[:port]`): the origin its credentials belong to.
+    pub fn base(&self) -> &Uri {
+        &self.base
     }
 
     /// Docker Hub adds `library/` to one-component names.

@@ -26,6 +26,9 @@ pub enum RouteError {
         /// The configured upstreams with their aliases, for the message.
         known: String,
     },
+    /// The name the upstream would be asked for is not valid (too long with `library/`).
+    #[error("the upstream name is not valid")]
+    NameInvalid,
 }
 
 /// Every configured upstream, indexed by alias.
@@ -126,7 +129,8 @@ impl UpstreamSet {
                 });
             }
         }
-        Ok((up, name.with_library_prefix()))
+        let name = name.with_library_prefix().map_err(|_| RouteError::NameInvalid)?;
+        Ok((up, name))
     }
 }
 

@@ -85,6 +85,10 @@ pub struct FakeState {
     /// Referrers API pages by path and query: (Content-Type, body, Link). Without an entry a
     /// referrers request gets 404, as from a registry without the API (distribution 2.8).
     pub referrers: Mutex<HashMap<String, ReferrersPage>>,
+    /// Every `Authorization` header received, in order.
+    pub authorizations: Mutex<Vec<String>>,
+    /// `Link` header put on every tags/list answer.
+    pub tags_link: Mutex<Option<String>>,
 }
 
 pub struct FakeRegistry {
@@ -282,6 +286,9 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
         .unwrap()
         .entry(format!("{} {}", req.method(), path))
         .or_default() += 1;
+    if let Some(a) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        st.authorizations.lock().unwrap().push(a.to_string());
+    }
     if path == "/token" {
         let token = st.token.lock().unwrap().clone().unwrap_or_default();
         return Response::new(full(format!("{{\"token\":\"{token}\",\"expires_in\":300}}")));
@@ -361,7 +368,11 @@ async fn serve(st: Arc<FakeState>, addr: SocketAddr, req: Request<Incoming>) -> 
             return oci_error(404, "NAME_UNKNOWN");
         }
         tags.sort();
-        return Response::new(full(serde_json::json!({ "name": repo, "tags": tags }).to_string()));
+        let mut r = Response::new(full(serde_json::json!({ "name": repo, "tags": tags }).to_string()));
+        if let Some(link) = st.tags_link.lock().unwrap().clone() {
+            r.headers_mut().insert("link", link.parse().unwrap());
+        }
+        return r;
     }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         let found = st
