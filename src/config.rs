@@ -114,11 +114,21 @@ pub enum ClientCredentials {
 pub struct ServerConfig {
     /// Address for the registry API and `/livez`, `/readyz`.
     pub listen: SocketAddr,
-    /// Accepted connections beyond this wait until one closes.
+    /// Most open client connections; further ones get a 503 (plain HTTP) and are closed at
+    /// once rather than left waiting in the backlog.
     pub max_connections: usize,
-    /// Time a client has to send its request headers.
+    /// Most open connections from one client address (IPv4-mapped IPv6 counts as IPv4), so
+    /// one address cannot take the whole `max_connections` budget. Behind a proxy or NAT
+    /// that hides client addresses, every client shares one address: raise it there.
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send its request headers once it started sending them.
     #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed: counted from accept
+    /// until the first request head, and from the end of each answer on keep-alive
+    /// connections (HTTP/1.1 and h2).
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
     /// On SIGTERM: report not-ready for this long before closing the listener.
     #[serde(deserialize_with = "duration")]
     pub shutdown_delay: Duration,
@@ -134,7 +144,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
             shutdown_delay: Duration::from_secs(0),
             drain_timeout: Duration::from_secs(60),
             tls: None,

@@ -5,12 +5,13 @@
 //! main.rs         CLI entry: serve, check-config, version, cache, gc, warm, healthcheck
 //! lib.rs          run(): build state, start listeners, shut down in order
 //! config.rs       config.toml structs, env overrides, validate() (config/)
-//! server.rs       accept loop (conn limit, header timeout, graceful drain), the metrics
-//!                 listener (`/metrics`, and the status page on `/`)
+//! server.rs       accept loop (total and per-address conn limits, header and idle timeouts,
+//!                 graceful drain), the metrics listener (`/metrics`, and the status page on `/`)
 //! status/         the status page: activity recorder, snapshot of the state, HTML
 //! tls/            HTTPS acceptor: rustls config from the files, reload on change and SIGHUP
-//! http/           ProxyService + access log (mod), route parser
-//! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list, token
+//! http/           ProxyService + access log (mod), route parser, connection idle tracking
+//! api/            thin handlers: base, manifests (Accept + headers), blobs, tags/list (+ its
+//!                 Link rewrite), token
 //! auth/           client identity (TLS certificate, htpasswd, berth's tokens), access
 //!                 rules, client upstream rights: the one gate before store and upstream
 //! access/         per-repository permission for private content (links, upstream HEAD)

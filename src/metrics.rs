@@ -66,6 +66,9 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// What the status page shows besides metrics.
     activity: Activity,
+    /// `berth_connections_closed_total{reason}`: connections berth closed on its own, refused
+    /// at a limit (`max_connections`, `per_ip`) or idle for `idle_timeout` (`idle`)
+    pub connections_closed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -269,6 +272,12 @@ impl Metrics {
                 "TLS certificate reloads by result",
                 &["result"],
             ),
+            connections_closed: counter(
+                &r,
+                "berth_connections_closed_total",
+                "Client connections berth closed: refused at a limit or idle too long",
+                &["reason"],
+            ),
             registry: r,
             activity: Activity::default(),
         };
@@ -293,6 +302,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.tls_reloads.with_label_values(&[result]);
+        }
+        for reason in ["max_connections", "per_ip", "idle"] {
+            m.connections_closed.with_label_values(&[reason]);
         }
         m
     }

@@ -1,7 +1,12 @@
-//! The accept loop: TCP -> optional TLS (`tls::Acceptor`) -> hyper-util auto connection
-//! (HTTP/1.1 and h2) -> `ProxyService`, a connection limit taken before accept, header-read
-//! timeout, and graceful drain on shutdown. Also the small metrics listener (`/metrics` and
-//! the status page on `/`). No request logic here.
+//! The accept loop: TCP -> admission (`max_connections`, `max_connections_per_ip`; a refused
+//! connection gets a prompt 503 and is closed, never left waiting in the backlog) -> optional
+//! TLS (`tls::Acceptor`) -> hyper-util auto connection (HTTP/1.1 and h2) -> `ProxyService`,
+//! with the header-read timeout, closing of connections idle for `idle_timeout` (from accept
+//! until the first request, and between keep-alive requests), and graceful drain on shutdown.
+//! Also the small metrics listener (`/metrics` and the status page on `/`). No request
+//! logic here.
+
+mod limits;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,23 +15,33 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use self::limits::Admission;
 use crate::body;
+use crate::http::idle::Activity;
 use crate::http::{ConnInfo, ProxyService};
 use crate::state::AppState;
 use crate::status;
 use crate::tls::{Acceptor, Stream};
 
+/// What a connection over a limit gets on a plain-HTTP listener before it is closed: an
+/// answer the client can show, instead of a connection that hangs in the backlog.
+const REFUSED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// How long an idle connection told to close may take to do so before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serve the registry API on `listener` (over TLS when `tls` is set) until `stop` is
 /// cancelled, then drain open connections for at most `drain_timeout`.
 pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Acceptor>>, stop: CancellationToken) {
     let cfg = state.config.server.clone();
-    let limit = Arc::new(Semaphore::new(cfg.max_connections));
-    let graceful = GracefulShutdown::new();
+    let metrics = state.metrics.clone();
+    let admission = Admission::new(cfg.max_connections, cfg.max_connections_per_ip);
+    let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -41,10 +56,6 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
     let builder = Arc::new(builder);
     let service = ProxyService::new(state);
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-            _ = stop.cancelled() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -57,9 +68,30 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
             },
             _ = stop.cancelled() => break,
         };
+        let slot = match admission.try_admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics.connections_closed.with_label_values(&[why.as_str()]).inc();
+                tracing::debug!(%peer, reason = why.as_str(), "connection refused");
+                if tls.is_none() {
+                    // A fresh socket's send buffer is empty: this never blocks.
+                    let _ = stream.try_write(REFUSED);
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let (watcher, tls, builder, service) = (graceful.watcher(), tls.clone(), builder.clone(), service.clone());
-        tokio::spawn(async move {
+        let activity = Activity::new();
+        let (tls, builder, service, stop, metrics) = (
+            tls.clone(),
+            builder.clone(),
+            service.clone(),
+            stop.clone(),
+            metrics.clone(),
+        );
+        let (idle_timeout, drain_timeout) = (cfg.idle_timeout, cfg.drain_timeout);
+        connections.spawn(async move {
+            let _slot = slot;
             // The handshake runs here, not in the loop: a slow client must not stall accepting.
             let (io, identity) = match tls {
                 None => (Stream::Plain(stream), None),
@@ -75,16 +107,38 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
                 peer,
                 is_tls: matches!(io, Stream::Tls(_)),
             };
-            let service = service.for_connection(conn_info).with_identity(identity);
+            let service = service
+                .for_connection(conn_info)
+                .with_identity(identity)
+                .with_activity(activity.clone());
             let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let mut conn = std::pin::pin!(conn);
+            let grace = tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = activity.idle_for(idle_timeout) => {
+                    metrics.connections_closed.with_label_values(&["idle"]).inc();
+                    tracing::debug!(%peer, "closing an idle connection");
+                    IDLE_CLOSE_GRACE
+                }
+                _ = stop.cancelled() => drain_timeout,
+            };
+            // h1: close once the current answer is sent; h2: GOAWAY, then let streams finish.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(grace, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!(%peer, "connection did not close in time; dropped"),
             }
-            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(cfg.drain_timeout, connections.wait())
         .await
         .is_err()
     {

@@ -117,8 +117,11 @@ impl Config {
         if self.storage.max_size == Some(0) {
             err("storage.max_size must be greater than zero".into());
         }
-        if self.server.max_connections == 0 {
-            err("server.max_connections must be at least 1".into());
+        if self.server.max_connections == 0 || self.server.max_connections_per_ip == 0 {
+            err("server.max_connections and max_connections_per_ip must be at least 1".into());
+        }
+        if self.server.idle_timeout.is_zero() || self.server.header_timeout.is_zero() {
+            err("server.idle_timeout and header_timeout must be greater than zero".into());
         }
         if let Some(tls) = &self.server.tls {
             if let Err(e) = crate::tls::load_server_config(tls) {

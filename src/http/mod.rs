@@ -2,6 +2,7 @@
 //! into OCI responses, add the common headers, and write one access-log line (and the request
 //! metrics) when the response body finishes or is dropped.
 
+pub mod idle;
 pub mod route;
 
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use self::idle::{Activity, BusyBody};
 use self::route::{Query, Route};
 use crate::api::{self, RequestInfo};
 use crate::auth::{Caller, Identity, Presented};
@@ -47,6 +49,8 @@ pub struct ProxyService {
     /// The user the connection authenticated as (a verified TLS client certificate); put in
     /// every request's extensions.
     identity: Option<Identity>,
+    /// The connection's activity: each request counts as in flight until its body is done.
+    activity: Option<Activity>,
 }
 
 impl ProxyService {
@@ -60,6 +64,7 @@ impl ProxyService {
             state,
             conn,
             identity: None,
+            activity: None,
         }
     }
 
@@ -69,12 +74,21 @@ impl ProxyService {
             state: self.state.clone(),
             conn,
             identity: None,
+            activity: None,
         }
     }
 
     /// This service for a connection that authenticated as `identity`.
     pub fn with_identity(self, identity: Option<Identity>) -> ProxyService {
         ProxyService { identity, ..self }
+    }
+
+    /// This service counting its requests in `activity` (for the idle timeout).
+    pub fn with_activity(self, activity: Activity) -> ProxyService {
+        ProxyService {
+            activity: Some(activity),
+            ..self
+        }
     }
 }
 
@@ -88,7 +102,14 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
             req.extensions_mut().insert(identity.clone());
         }
         let (state, conn) = (self.state.clone(), self.conn);
-        Box::pin(async move { Ok(handle(state, conn, req).await) })
+        let busy = self.activity.as_ref().map(Activity::begin);
+        Box::pin(async move {
+            let resp = handle(state, conn, req).await;
+            Ok(match busy {
+                Some(busy) => resp.map(|b| BusyBody::new(b, busy).boxed_unsync()),
+                None => resp,
+            })
+        })
     }
 }
 

@@ -1,0 +1,144 @@
+//! Per-connection activity: how many requests are in flight on a connection and since when it
+//! has had none, so the accept loop can close connections that sit idle (no request head yet,
+//! or between keep-alive requests). A request counts as in flight from the moment hyper hands
+//! it to the service until its response body is finished or dropped. No I/O here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::body::Body;
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    in_flight: usize,
+    idle_since: Instant,
+}
+
+/// The activity of one connection; clones share it. A `watch` channel rather than a lock so
+/// the idle timer wakes up on every change without polling.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    state: Arc<watch::Sender<State>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    /// A connection accepted now, with no request yet: idle from this moment.
+    pub fn new() -> Activity {
+        let (state, _) = watch::channel(State {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        });
+        Activity { state: Arc::new(state) }
+    }
+
+    /// A request started; the connection is busy until the returned guard is dropped.
+    pub fn begin(&self) -> Busy {
+        self.state.send_modify(|s| s.in_flight += 1);
+        Busy {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Completes once the connection has had no request in flight for `timeout`.
+    /// Cancel-safe: it only reads the shared state.
+    pub async fn idle_for(&self, timeout: Duration) {
+        let mut rx = self.state.subscribe();
+        loop {
+            let s = *rx.borrow_and_update();
+            if s.in_flight > 0 {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(s.idle_since + timeout) => return,
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// One request in flight; dropping it (with the response body) may make the connection idle.
+#[derive(Debug)]
+pub struct Busy {
+    state: Arc<watch::Sender<State>>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.send_modify(|s| {
+            s.in_flight -= 1;
+            if s.in_flight == 0 {
+                s.idle_since = Instant::now();
+            }
+        });
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is finished or
+/// dropped.
+pub struct BusyBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl BusyBody {
+    /// `inner`, counted as in flight by `busy`.
+    pub fn new(inner: Body, busy: Busy) -> BusyBody {
+        BusyBody { inner, _busy: busy }
+    }
+}
+
+impl http_body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_while_no_request_is_in_flight() {
+        let a = Activity::new();
+        let t = Duration::from_millis(100);
+        let busy = a.begin();
+        let held = tokio::time::timeout(Duration::from_millis(500), a.idle_for(t)).await;
+        assert!(held.is_err(), "a request in flight keeps the connection open");
+        drop(busy);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), a.idle_for(t))
+            .await
+            .expect("idle once the request is done");
+        assert!(
+            started.elapsed() >= t,
+            "idle time counts from the end of the last request"
+        );
+    }
+}
