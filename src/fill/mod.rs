@@ -290,10 +290,19 @@ impl Fills {
             Ok(Outcome::Verified(verified)) => {
                 // Readers may finish now: the bytes are verified. Durability comes next.
                 let _ = tx.send(Progress::Verified { size: verified.size() });
+                // The commit takes over the reservation (committed bytes and reservation are
+                // swapped in one step): a client whose next request arrives mid-commit must
+                // not see this blob counted twice and another evicted for it.
+                let verified = match reserved {
+                    Some(n) => verified.holding_reservation(n),
+                    None => verified,
+                };
                 if let Err(e) = self.store.commit(verified).await {
                     self.health.write_failed("blob", &e);
                 }
-                self.release(reserved).await;
+                if reserved.is_none() {
+                    self.release(None).await;
+                }
                 // Leave after the commit: a request arriving now finds the committed blob.
                 drop(leave);
             }

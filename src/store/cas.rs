@@ -165,15 +165,28 @@ impl BlobStore {
     }
 
     /// Make verified content visible under its digest: fsync, rename, fsync the directory.
+    /// A reservation the spool holds becomes committed bytes in the same index update, or is
+    /// given back if the commit fails.
     pub fn commit(&self, spool: VerifiedSpool) -> Result<(), Error> {
-        let VerifiedSpool { mut tmp, digest, size } = spool;
-        tmp.file.sync_all()?;
+        let VerifiedSpool {
+            mut tmp,
+            digest,
+            size,
+            reserved,
+        } = spool;
         let dest = self.blob_path(&digest);
         let dir = dest.parent().expect("blob paths always have a parent");
-        fs::create_dir_all(dir)?;
-        atomic::publish(&tmp.path, &dest)?;
+        let published = tmp
+            .file
+            .sync_all()
+            .and_then(|()| fs::create_dir_all(dir))
+            .and_then(|()| atomic::publish(&tmp.path, &dest));
+        if let Err(e) = published {
+            self.index.release(reserved);
+            return Err(e.into());
+        }
         tmp.committed = true;
-        self.index.insert(&digest, size);
+        self.index.insert_reserved(&digest, size, reserved);
         Ok(())
     }
 

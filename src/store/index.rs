@@ -95,8 +95,15 @@ impl StoreIndex {
 
     /// Record newly committed content.
     pub fn insert(&self, digest: &Digest, size: u64) {
+        self.insert_reserved(digest, size, 0);
+    }
+
+    /// Record newly committed content that `reserved` bytes were held for, releasing them
+    /// under the same lock.
+    pub fn insert_reserved(&self, digest: &Digest, size: u64, reserved: u64) {
         let now = SystemTime::now();
         let mut g = self.lock();
+        g.reserved = g.reserved.saturating_sub(reserved);
         let old = g.entries.insert(
             digest.clone(),
             Entry {
@@ -213,6 +220,20 @@ fn read_dir_or_empty(p: &Path) -> std::io::Result<Vec<fs::DirEntry>> {
 mod tests {
     use super::*;
     use crate::oci::Algorithm;
+
+    #[test]
+    fn a_commit_swaps_its_reservation_for_committed_bytes_in_one_step() {
+        let idx = StoreIndex::default();
+        let (a, b) = (Digest::of(Algorithm::Sha256, b"a"), Digest::of(Algorithm::Sha256, b"b"));
+        idx.reserve(100);
+        idx.insert_reserved(&a, 100, 100);
+        assert_eq!(idx.used(), 100, "counted once, never reserved and committed at once");
+        idx.reserve(50);
+        idx.insert(&b, 50);
+        assert_eq!(idx.used(), 200, "a plain insert leaves the reservation to its owner");
+        idx.release(50);
+        assert_eq!(idx.used(), 150);
+    }
 
     #[test]
     fn candidates_are_lru_and_skip_objects_being_read() {

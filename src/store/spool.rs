@@ -43,9 +43,18 @@ pub struct VerifiedSpool {
     pub(super) tmp: TempFile,
     pub(super) digest: Digest,
     pub(super) size: u64,
+    /// Bytes the writer reserved for this content; the commit turns them into committed bytes
+    /// in one step (and gives them back if it fails), so the budget never counts them twice.
+    pub(super) reserved: u64,
 }
 
 impl VerifiedSpool {
+    /// Hand the writer's reservation of `n` bytes for this content over to the commit.
+    pub fn holding_reservation(mut self, n: u64) -> VerifiedSpool {
+        self.reserved = n;
+        self
+    }
+
     /// The digest the content matched.
     pub fn digest(&self) -> &Digest {
         &self.digest
@@ -113,6 +122,7 @@ impl Spool {
             tmp,
             digest: expected,
             size: len,
+            reserved: 0,
         })
     }
 }
