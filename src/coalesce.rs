@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -104,11 +105,10 @@ where
     }
 
     /// Run `work` for `key`, or wait for the run already in progress. Returns the value and
-    /// whether this call joined another's run; `None` if the work's task panicked.
-    pub async fn run<F>(&self, key: K, work: F) -> (Option<V>, bool)
-    where
-        F: Future<Output = V> + Send + 'static,
-    {
+    /// whether this call joined another's run; `None` if the work's task panicked. `work` comes
+    /// boxed: an upstream exchange is a large future, and held inline it would make every
+    /// caller's future (and every request's, cache hits included) as large and as slow to move.
+    pub async fn run(&self, key: K, work: Pin<Box<dyn Future<Output = V> + Send>>) -> (Option<V>, bool) {
         let mut sender = None;
         let (mut rx, leave) = self
             .inflight
@@ -151,11 +151,14 @@ mod tests {
         for _ in 0..16 {
             let (sf, runs, gate) = (sf.clone(), runs.clone(), gate.clone());
             handles.push(tokio::spawn(async move {
-                sf.run("k", async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    gate.notified().await;
-                    42
-                })
+                sf.run(
+                    "k",
+                    Box::pin(async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        42
+                    }),
+                )
                 .await
             }));
         }
@@ -180,9 +183,9 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_run_releases_its_key() {
         let sf: SingleFlight<u8, u8> = SingleFlight::new(TaskTracker::new());
-        let (v, _) = sf.run(1, async { panic!("boom") }).await;
+        let (v, _) = sf.run(1, Box::pin(async { panic!("boom") })).await;
         assert_eq!(v, None);
-        let (v, joined) = sf.run(1, async { 7 }).await;
+        let (v, joined) = sf.run(1, Box::pin(async { 7 })).await;
         assert_eq!((v, joined), (Some(7), false), "a later call runs afresh");
     }
 

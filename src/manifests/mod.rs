@@ -18,6 +18,8 @@ mod freshness;
 mod stale_log;
 mod verify;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -310,9 +312,10 @@ impl Manifests {
     }
 }
 
-async fn flight<F>(work: F) -> FlightResult
+/// `work` as a flight: boxed (see `SingleFlight::run`), its error shared.
+fn flight<F>(work: F) -> Pin<Box<dyn Future<Output = FlightResult> + Send>>
 where
-    F: std::future::Future<Output = Result<Resolved>> + Send + 'static,
+    F: Future<Output = Result<Resolved>> + Send + 'static,
 {
-    work.await.map_err(Error::shared)
+    Box::pin(async move { work.await.map_err(Error::shared) })
 }

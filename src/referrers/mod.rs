@@ -127,7 +127,7 @@ impl Referrers {
                 let work = self.clone().revalidate(up.clone(), key.clone(), rec);
                 let (res, joined) = self
                     .flights
-                    .run(key, async move { work.await.map_err(Error::shared) })
+                    .run(key, Box::pin(async move { work.await.map_err(Error::shared) }))
                     .await;
                 if joined {
                     self.metrics.record_coalesced("referrers", up.name());
