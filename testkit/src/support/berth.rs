@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, http, kill_and_wait, tail_file, wait_until_ready, NotReady};
+use super::{cmd, free_port, http, kill_and_wait, require_tool, tail_file, wait_until_ready, NotReady};
 
 /// How long berth may take to answer `GET /readyz` with 200 after spawning.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +27,16 @@ pub struct BerthConfig {
     pub metrics: bool,
     /// `[log] format`: `json` (what [`Berth::requests`] parses) unless a test reads the text.
     pub log_format: String,
+    /// `[server.tls]`: berth listens on HTTPS only.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate files of an HTTPS listener, and the CA that readiness probes trust.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 impl BerthConfig {
@@ -38,7 +48,20 @@ impl BerthConfig {
             extra: String::new(),
             metrics: false,
             log_format: "json".to_string(),
+            tls: None,
         }
+    }
+
+    /// No `[upstreams.hub]`: the test writes every upstream (one `default = true`) in `extra`.
+    pub fn without_hub(mut self) -> BerthConfig {
+        self.hub_url = None;
+        self
+    }
+
+    /// Serve HTTPS with `files` (`[server.tls]`).
+    pub fn tls(mut self, files: TlsFiles) -> BerthConfig {
+        self.tls = Some(files);
+        self
     }
 
     /// Replaces the body of the `[cache]` table.
@@ -186,8 +209,16 @@ impl Berth {
     }
 
     fn write_config(&self) {
+        let tls = match &self.config.tls {
+            Some(t) => format!(
+                "\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                toml_escape(&t.cert_file),
+                toml_escape(&t.key_file)
+            ),
+            None => String::new(),
+        };
         let mut toml = format!(
-            "[server]\nlisten = \"{}\"\n\n[log]\nformat = \"{}\"\n\n[storage]\npath = \"{}\"\n\n[cache]\n{}\n",
+            "[server]\nlisten = \"{}\"\n{tls}\n[log]\nformat = \"{}\"\n\n[storage]\npath = \"{}\"\n\n[cache]\n{}\n",
             self.addr(),
             self.config.log_format,
             toml_escape(&self.storage_dir()),
@@ -225,11 +256,14 @@ impl Berth {
             .stderr(stderr)
             .spawn()
             .expect("spawn the berth binary");
-        let addr = self.addr();
-        let result = wait_until_ready(&mut child, READY_TIMEOUT, || match http::get(&addr, "/readyz", &[]) {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(format!("GET /readyz answered {}: {}", r.status, r.text())),
-            Err(e) => Err(format!("GET /readyz failed: {e}")),
+        let (addr, tls) = (self.addr(), self.config.tls.clone());
+        let result = wait_until_ready(&mut child, READY_TIMEOUT, || match &tls {
+            Some(tls) => probe_https(&addr, &tls.ca_file),
+            None => match http::get(&addr, "/readyz", &[]) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("GET /readyz answered {}: {}", r.status, r.text())),
+                Err(e) => Err(format!("GET /readyz failed: {e}")),
+            },
         });
         match result {
             Ok(()) => {
@@ -298,6 +332,31 @@ fn parse_request_line(line: &str) -> Option<BerthRequest> {
         cache: v.get("cache").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
         raw: line.to_string(),
     })
+}
+
+/// `GET https://ADDR/readyz` with curl, trusting only `ca_file`.
+fn probe_https(addr: &str, ca_file: &Path) -> Result<(), String> {
+    let mut curl = Command::new(require_tool("curl"));
+    curl.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--cacert",
+    ])
+    .arg(ca_file)
+    .arg(format!("https://{addr}/readyz"));
+    let run = cmd::run(&mut curl, Duration::from_secs(10));
+    match run.stdout.trim() {
+        "200" => Ok(()),
+        code => Err(format!(
+            "GET https://{addr}/readyz answered {code:?}: {}",
+            run.stderr.trim()
+        )),
+    }
 }
 
 fn toml_escape(path: &Path) -> String {

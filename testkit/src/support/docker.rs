@@ -353,3 +353,41 @@ fn decode_backup(saved: &[u8]) -> Result<Option<Vec<u8>>, String> {
         Err("not a berth-e2e backup (expected `present` or `absent` on the first line)".into())
     }
 }
+
+/// Where dockerd looks for a registry's CA certificates (`<dir>/<host:port>/ca.crt`).
+const CERTS_D: &str = "/etc/docker/certs.d";
+
+/// While alive, dockerd trusts `ca.crt` for one registry host (`/etc/docker/certs.d/<host>/`,
+/// read per connection, no reload needed). On drop the host's directory is removed, and
+/// `certs.d` itself too if the guard created it: the daemon's configuration is as before.
+pub struct CertsDirGuard {
+    host_dir: PathBuf,
+    created_certs_d: bool,
+}
+
+impl CertsDirGuard {
+    /// Installs `ca` for `host` (`127.0.0.1:PORT`, a fresh port: no earlier entry exists).
+    pub fn install(host: &str, ca: &Path) -> CertsDirGuard {
+        let certs_d = Path::new(CERTS_D);
+        let created_certs_d = !certs_d.exists();
+        let host_dir = certs_d.join(host);
+        assert!(!host_dir.exists(), "{} exists already", host_dir.display());
+        let guard = CertsDirGuard {
+            host_dir,
+            created_certs_d,
+        };
+        std::fs::create_dir_all(&guard.host_dir).unwrap_or_else(|e| panic!("create {}: {e}", guard.host_dir.display()));
+        std::fs::copy(ca, guard.host_dir.join("ca.crt"))
+            .unwrap_or_else(|e| panic!("copy the CA to {}: {e}", guard.host_dir.display()));
+        guard
+    }
+}
+
+impl Drop for CertsDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.host_dir);
+        if self.created_certs_d {
+            let _ = std::fs::remove_dir(CERTS_D);
+        }
+    }
+}

@@ -33,6 +33,8 @@ pub struct Registry {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// Set once [`Registry::require_htpasswd`] turned on basic authentication.
+    htpasswd: bool,
 }
 
 impl Registry {
@@ -47,6 +49,7 @@ impl Registry {
             dir,
             port: 0,
             child: None,
+            htpasswd: false,
         };
         // A free port can be taken by a parallel test between probe and bind: retry.
         for attempt in 1..=5 {
@@ -105,6 +108,17 @@ impl Registry {
         if let Err(e) = self.spawn() {
             self.fail_start(e);
         }
+    }
+
+    /// From now on every request needs `user:password` (htpasswd auth, bcrypt, as
+    /// `htpasswd -B` writes it): a private upstream. Restarts the registry on the same port
+    /// and storage, so push what it should hold first.
+    pub fn require_htpasswd(&mut self, user: &str, password: &str) {
+        let hash = bcrypt::hash(password, 4).expect("bcrypt a test password");
+        std::fs::write(self.htpasswd_path(), format!("{user}:{hash}\n")).expect("write the registry htpasswd");
+        self.htpasswd = true;
+        self.write_config();
+        self.restart();
     }
 
     /// Every access-log line so far, across restarts, in order.
@@ -167,8 +181,12 @@ impl Registry {
         self.dir.path().join("config.yml")
     }
 
+    fn htpasswd_path(&self) -> PathBuf {
+        self.dir.path().join("htpasswd")
+    }
+
     fn write_config(&self) {
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\n\
              log: {{level: warn, accesslog: {{disabled: false}}}}\n\
              storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
@@ -177,6 +195,12 @@ impl Registry {
             self.storage_dir().display(),
             self.addr()
         );
+        if self.htpasswd {
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: berth-e2e, path: {}}}}}\n",
+                self.htpasswd_path().display()
+            ));
+        }
         std::fs::write(self.config_path(), config).expect("write the docker-registry config");
     }
 
@@ -191,9 +215,11 @@ impl Registry {
             .stderr(stderr)
             .spawn()
             .expect("spawn docker-registry serve");
-        let addr = self.addr();
+        let (addr, htpasswd) = (self.addr(), self.htpasswd);
         let result = wait_until_ready(&mut child, READY_TIMEOUT, || match http::get(&addr, "/v2/", &[]) {
             Ok(r) if r.status == 200 => Ok(()),
+            // With htpasswd the anonymous probe gets the challenge: the registry is up.
+            Ok(r) if r.status == 401 && htpasswd => Ok(()),
             Ok(r) => Err(format!("GET /v2/ answered {}", r.status)),
             Err(e) => Err(format!("GET /v2/ failed: {e}")),
         });
