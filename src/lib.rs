@@ -52,6 +52,7 @@ pub mod auth;
 pub mod body;
 pub mod cache_result;
 pub mod cli;
+pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod error;
@@ -92,6 +93,17 @@ pub async fn run(
 ) -> Result<(), String> {
     let metrics = Arc::new(metrics::Metrics::new());
     let state = AppState::build(config.clone(), metrics.clone())?;
+    if let Some(shared) = &state.shared {
+        // A wrong bucket or key is a configuration error; an object store that is down now
+        // is not (berth serves its local tier and the upstream until it is back).
+        match shared.check().await {
+            Ok(()) => tracing::info!(location = shared.location(), "shared tier ready"),
+            Err(store::CheckError::Refused(e)) => return Err(format!("storage.s3: {e}")),
+            Err(store::CheckError::Unreachable(e)) => {
+                tracing::warn!(error = %e, "shared tier unreachable at start: serving the local tier and the upstream until it answers")
+            }
+        }
+    }
     let tls = match &config.server.tls {
         Some(cfg) => {
             let acceptor = tls::Acceptor::load(cfg, config.server.header_timeout, metrics.clone())
@@ -107,6 +119,9 @@ pub async fn run(
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, state.clone(), accept_stop.clone())));
     state.tasks.spawn(storage_pass(state.clone()));
+    if let Some(cluster) = &state.cluster {
+        state.tasks.spawn(cluster.clone().watch(state.shutdown.clone()));
+    }
     let check_every = config.storage.eviction_interval.min(STORE_CHECK_EVERY);
     state
         .tasks

@@ -112,10 +112,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig => match load(&cli) {
-            Ok(_) => {
-                println!("{}: ok", cli.config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match check_shared_tier(&config) {
+                Ok(()) => {
+                    println!("{}: ok", cli.config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("berth: {} is not valid", cli.config.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(code) => code,
         },
         Command::Cache(_) | Command::Gc { .. } | Command::Warm { .. } | Command::Healthcheck { .. } => {
@@ -204,6 +211,27 @@ async fn admin(config: &Config, command: Command) -> Result<String, CliError> {
 }
 
 /// Load, override from the environment, validate; print every problem.
+/// With `[storage.s3]`: ask the object store whether the bucket exists and the credentials
+/// may use it. A store that cannot be reached now is a warning, not an error.
+fn check_shared_tier(config: &Config) -> Result<(), String> {
+    let Some(s3) = &config.storage.s3 else {
+        return Ok(());
+    };
+    let shared = berth::store::SharedStore::new(s3, Arc::new(berth::metrics::Metrics::new()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    match rt.block_on(shared.check()) {
+        Ok(()) => Ok(()),
+        Err(berth::store::CheckError::Refused(e)) => Err(format!("storage.s3: {e}")),
+        Err(berth::store::CheckError::Unreachable(e)) => {
+            eprintln!("warning: storage.s3: not reachable now: {e}");
+            Ok(())
+        }
+    }
+}
+
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
     let config = Config::load(&cli.config, std::env::vars()).map_err(|e| {
         match e {

@@ -56,6 +56,14 @@ pub struct Metrics {
     /// `berth_storage_write_failures_total{kind}` (kind: manifest|tag|blob): writes that
     /// failed; the request was answered without caching
     pub storage_write_failures: IntCounterVec,
+    /// `berth_shared_store_errors_total{op}` (op: read|write): shared-tier (object store)
+    /// requests that failed; berth went on with its local tier and the upstream
+    pub shared_store_errors: IntCounterVec,
+    /// `berth_cluster_peers`: replicas in this replica's view of the cluster (itself included)
+    pub cluster_peers: IntGauge,
+    /// `berth_cluster_peer_requests_total{result}` (result: ok|failed): blob fills this replica
+    /// asked another replica (the digest's owner) for
+    pub peer_requests: IntCounterVec,
     /// `berth_evictions_total{reason}`
     pub evictions: IntCounterVec,
     /// `berth_evicted_bytes_total{reason}`
@@ -252,6 +260,23 @@ impl Metrics {
                 "Store writes that failed; the request was answered without caching",
                 &["kind"],
             ),
+            shared_store_errors: counter(
+                &r,
+                "berth_shared_store_errors_total",
+                "Shared-tier (object store) requests that failed; served from the local tier or the upstream instead",
+                &["op"],
+            ),
+            cluster_peers: plain_gauge(
+                &r,
+                "berth_cluster_peers",
+                "Replicas in this replica's view of the cluster, itself included",
+            ),
+            peer_requests: counter(
+                &r,
+                "berth_cluster_peer_requests_total",
+                "Blob fills this replica asked the digest's owner replica for",
+                &["result"],
+            ),
             evictions: counter(&r, "berth_evictions_total", "Objects evicted", &["reason"]),
             evicted_bytes: counter(&r, "berth_evicted_bytes_total", "Bytes evicted", &["reason"]),
             auth_failures: {
@@ -289,13 +314,20 @@ impl Metrics {
             for cache in [CacheResult::Hit, CacheResult::Miss] {
                 m.http_duration.with_label_values(&[kind, cache.as_str()]);
             }
-            for source in [Source::Cache, Source::Upstream] {
+            for source in [Source::Cache, Source::Upstream, Source::Shared, Source::Peer] {
                 m.served_bytes.with_label_values(&[kind, source.as_str()]);
             }
         }
         for kind in ["manifest", "tag", "blob"] {
             m.storage_write_failures.with_label_values(&[kind]);
         }
+        for op in ["read", "write"] {
+            m.shared_store_errors.with_label_values(&[op]);
+        }
+        for result in ["ok", "failed"] {
+            m.peer_requests.with_label_values(&[result]);
+        }
+        m.cluster_peers.set(1);
         for reason in EVICTION_REASONS {
             m.evictions.with_label_values(&[reason]);
             m.evicted_bytes.with_label_values(&[reason]);
@@ -417,6 +449,16 @@ impl Metrics {
     pub fn record_eviction(&self, reason: &str, objects: usize, bytes: u64) {
         self.evictions.with_label_values(&[reason]).inc_by(objects as u64);
         self.evicted_bytes.with_label_values(&[reason]).inc_by(bytes);
+    }
+
+    /// A blob fill asked of the owner replica: `ok` (it answered) or `failed`.
+    pub fn record_peer_request(&self, result: &str) {
+        self.peer_requests.with_label_values(&[result]).inc();
+    }
+
+    /// A shared-tier request (`read` or `write`) that failed.
+    pub fn record_shared_store_error(&self, op: &str) {
+        self.shared_store_errors.with_label_values(&[op]).inc();
     }
 
     /// A store write of `kind` (`manifest`, `tag`, `blob`) that failed.

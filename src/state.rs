@@ -9,12 +9,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::RepoAccess;
 use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
 use crate::referrers::Referrers;
-use crate::store::{BlobStore, ContentStore, Evictor, Limits, StoreHealth};
+use crate::store::{BlobStore, ContentStore, Evictor, Limits, SharedStore, StoreHealth, Tiered};
 use crate::upstream::UpstreamSet;
 
 /// Shared handles for request handlers and background tasks.
@@ -26,10 +27,15 @@ pub struct AppState {
     pub upstreams: Arc<UpstreamSet>,
     /// Client authentication and access rules.
     pub auth: Arc<Auth>,
-    /// Where verified content and tag records are read and committed (the storage seam).
+    /// Where verified content and tag records are read and committed (the storage seam): the
+    /// local disk, or the local disk in front of the shared tier (`[storage.s3]`).
     pub store: Arc<dyn ContentStore>,
-    /// The local disk: the backend today, and the spool fills write to and readers tail.
+    /// The local disk: the local tier, and the spool fills write to and readers tail.
     pub blobs: BlobStore,
+    /// The shared tier (`[storage.s3]`), if configured.
+    pub shared: Option<SharedStore>,
+    /// The other replicas (`[cluster]`), if configured.
+    pub cluster: Option<Cluster>,
     /// Keeps the store inside its budget.
     pub evictor: Arc<Evictor>,
     /// Which repository may read which stored digest of a private upstream.
@@ -64,9 +70,16 @@ impl AppState {
             target_ratio: st.target_ratio,
         };
         let evictor = Arc::new(Evictor::new(blobs.clone(), limits, metrics.clone()));
-        let store: Arc<dyn ContentStore> = Arc::new(blobs.clone());
-        let health = Arc::new(StoreHealth::new(blobs.clone(), metrics.clone()));
         let tasks = TaskTracker::new();
+        let shared = match &st.s3 {
+            Some(s3) => Some(SharedStore::new(s3, metrics.clone())?),
+            None => None,
+        };
+        let store: Arc<dyn ContentStore> = match &shared {
+            Some(shared) => Arc::new(Tiered::new(blobs.clone(), shared.clone(), tasks.clone())),
+            None => Arc::new(blobs.clone()),
+        };
+        let health = Arc::new(StoreHealth::new(blobs.clone(), metrics.clone()));
         let shutdown = CancellationToken::new();
         let cache = ManifestCache::new(
             store.clone(),
@@ -92,6 +105,10 @@ impl AppState {
         );
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let auth = Arc::new(Auth::from_config(&config, metrics.clone())?);
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::new(c, metrics.clone())?),
+            None => None,
+        };
         let fills = Fills::new(
             evictor.clone(),
             store.clone(),
@@ -99,7 +116,8 @@ impl AppState {
             metrics.clone(),
             tasks.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_sources(shared.clone(), cluster.clone());
         let access = RepoAccess::new(store.clone());
         Ok(AppState {
             config,
@@ -107,6 +125,8 @@ impl AppState {
             auth,
             store,
             blobs,
+            shared,
+            cluster,
             evictor,
             access,
             manifests,

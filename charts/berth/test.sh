@@ -250,8 +250,76 @@ if cfg:
         os.makedirs(os.path.dirname(p), exist_ok=True)
         open(p, "w").write("stand-in-signing-key-of-at-least-32-bytes\n")
         text2 = text2.replace(auth["token_key_file"], p)
+    # [storage.s3]: the secret key is a key of a Secret mounted as a directory, and the key id
+    # comes with it (config or BERTH_STORAGE__S3__ACCESS_KEY_ID from the same Secret)
+    envs_by_name = {e["name"]: e for e in c.get("env", [])}
+    s3 = cfg.get("storage", {}).get("s3")
+    if s3 is not None:
+        check("storage.s3 names a bucket", s3.get("bucket"))
+        f = s3.get("secret_access_key_file")
+        if f:
+            d, name = os.path.split(f)
+            m = mounts.get(d)
+            v = vols.get(m["name"]) if m else None
+            ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+            check("storage.s3.secret_access_key_file is a key of a Secret mounted as a directory", ok, f)
+            kid = envs_by_name.get("BERTH_STORAGE__S3__ACCESS_KEY_ID", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check("storage.s3 access key id from the same Secret (BERTH_STORAGE__S3__ACCESS_KEY_ID)",
+                  "access_key_id" in s3 or (kid and kid.get("name") == (v or {}).get("secret", {}).get("secretName")), str(kid))
+            p = f.replace("/etc/berth/", secrets_root + "/")
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            open(p, "w").write("stand-in-secret-access-key\n")
+            text2 = text2.replace(f, p)
+        else:
+            check("storage.s3 without a key file has no access_key_id either", "access_key_id" not in s3)
+    # [cluster]: the secret mounted from a Secret, peers_dns = the headless peers Service,
+    # advertise = this pod's IP from the downward API
+    cl = cfg.get("cluster")
+    if cl is not None:
+        f = cl.get("secret_file", "")
+        d, name = os.path.split(f)
+        m = mounts.get(d)
+        v = vols.get(m["name"]) if m else None
+        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        check("cluster.secret_file is a key of a Secret mounted as a directory", ok, f)
+        p = f.replace("/etc/berth/", secrets_root + "/")
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write("stand-in-cluster-secret-of-32-bytes\n")
+        text2 = text2.replace(f, p)
+        host, _, pport = cl.get("peers_dns", "").rpartition(":")
+        svcname, _, rest = host.partition(".")
+        ns = wl["metadata"].get("namespace")
+        peers = [s2 for s2 in of("Service") if s2["metadata"]["name"] == svcname]
+        check("cluster.peers_dns is <peers Service>.<namespace>.svc.<domain>:<registry port>",
+              len(peers) == 1 and rest.startswith(f"{ns}.svc.") and pport.isdigit() and int(pport) == ports.get("http"),
+              cl.get("peers_dns"))
+        if peers:
+            ps = peers[0]["spec"]
+            check("peers Service is headless and publishes not-ready pods",
+                  ps.get("clusterIP") == "None" and ps.get("publishNotReadyAddresses") is True, str(ps))
+            check("peers Service selects the berth pods on the registry port",
+                  sub(ps.get("selector"), plabels) and any(pp.get("port") == ports.get("http") for pp in ps["ports"]))
+        names = [e["name"] for e in c.get("env", [])]
+        adv = envs_by_name.get("BERTH_CLUSTER__ADVERTISE", {}).get("value", "")
+        podip = envs_by_name.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        scheme = "https" if cfg.get("server", {}).get("tls") else "http"
+        check("BERTH_CLUSTER__ADVERTISE is <scheme>://$(POD_IP):<registry port>, POD_IP from status.podIP and set before it",
+              "advertise" not in cl and adv == f"{scheme}://$(POD_IP):{ports.get('http')}" and podip == "status.podIP"
+              and names.index("POD_IP") < names.index("BERTH_CLUSTER__ADVERTISE"), f"{adv} {podip}")
     open(out, "w").write(text2)
-    envs = [e["name"] for e in c.get("env", []) if e["name"].startswith("BERTH_") and "valueFrom" in e]
+    # BERTH_ overrides for `berth check-config`: secrets as stand-ins, $(POD_IP) as an address
+    envs = []
+    for e in c.get("env", []):
+        if not e["name"].startswith("BERTH_"):
+            continue
+        if "valueFrom" in e:
+            envs.append(f"{e['name']}=stand-in")
+        elif "$(POD_IP)" in e.get("value", ""):
+            envs.append(f"{e['name']}={e['value'].replace('$(POD_IP)', '10.0.0.5')}")
+    if s3 is not None and "secret_access_key_file" not in s3:
+        # credentials from the environment (extraEnvFrom, IRSA): stand-ins, so berth does not
+        # go looking for instance credentials
+        envs += ["AWS_ACCESS_KEY_ID=stand-in", "AWS_SECRET_ACCESS_KEY=stand-in"]
     open(os.path.join(secrets_root, "env"), "w").write("\n".join(envs))
 
 tls = (cfg or {}).get("server", {}).get("tls")
@@ -297,13 +365,33 @@ for svc in of("Service"):
     for t in tests:
         check(f"Service {n} does not select the test pod", not sub(sel, t["metadata"].get("labels", {})))
 
+hpas = of("HorizontalPodAutoscaler")
 replicas = wl["spec"].get("replicas", 1)
+for hpa in hpas:
+    ref = hpa["spec"]["scaleTargetRef"]
+    check("HPA scales the Deployment", wl["kind"] == "Deployment" and ref["kind"] == "Deployment" and ref["name"] == wl["metadata"]["name"], str(ref))
+    check("HPA: the Deployment leaves replicas to it", "replicas" not in wl["spec"])
+    check("HPA has a resource metric and min <= max", hpa["spec"].get("metrics") and hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"])
+    replicas = hpa["spec"]["minReplicas"]
 pdbs = of("PodDisruptionBudget")
 check("PodDisruptionBudget only when replicas > 1", (len(pdbs) == 1) == (replicas > 1), f"replicas={replicas}, pdbs={len(pdbs)}")
 for pdb in pdbs:
     check("PodDisruptionBudget selects the pods", sub(pdb["spec"]["selector"]["matchLabels"], plabels))
+    ma = pdb["spec"].get("minAvailable")
+    check("PodDisruptionBudget minAvailable leaves a pod to evict", not isinstance(ma, int) or ma < replicas, f"minAvailable={ma}, replicas={replicas}")
 if wl["kind"] == "Deployment":
-    check("Deployment: 1 replica, Recreate", replicas == 1 and wl["spec"]["strategy"]["type"] == "Recreate")
+    dvol = [v for v in podspec.get("volumes", []) if v["name"] == "data"]
+    if dvol and "persistentVolumeClaim" in dvol[0]:
+        check("Deployment on a PVC: 1 replica, Recreate, no HPA", replicas == 1 and wl["spec"]["strategy"]["type"] == "Recreate" and not hpas)
+    else:
+        check("Deployment on an emptyDir: rolling updates", wl["spec"]["strategy"]["type"] == "RollingUpdate")
+multi = replicas > 1 or hpas or (cfg or {}).get("cluster") is not None
+if multi:
+    aff = podspec.get("affinity", {}).get("podAntiAffinity", {})
+    terms = [t.get("podAffinityTerm", t) for k in ("preferredDuringSchedulingIgnoredDuringExecution", "requiredDuringSchedulingIgnoredDuringExecution") for t in aff.get(k, [])]
+    check("several replicas: pod anti-affinity by node selects the berth pods",
+          any(t.get("topologyKey") == "kubernetes.io/hostname" and sub(t.get("labelSelector", {}).get("matchLabels"), plabels) for t in terms),
+          str(podspec.get("affinity")))
 
 for sm in of("ServiceMonitor"):
     check("ServiceMonitor apiVersion monitoring.coreos.com/v1", sm["apiVersion"] == "monitoring.coreos.com/v1")
@@ -424,7 +512,7 @@ for entry in "${sets[@]}"; do
     if [[ -f $WORK/$name.cc/config.toml ]]; then
         if [[ -n ${BERTH_BIN:-} ]]; then
             envs=()
-            while IFS= read -r e || [[ -n $e ]]; do [[ -n $e ]] && envs+=("$e=stand-in"); done <"$WORK/$name.cc/env"
+            while IFS= read -r e || [[ -n $e ]]; do [[ -n $e ]] && envs+=("$e"); done <"$WORK/$name.cc/env"
             if out=$(env "${envs[@]}" "$BERTH_BIN" check-config --config "$WORK/$name.cc/config.toml" 2>&1); then
                 pass "[$name] berth check-config accepts the rendered config.toml"
             else
@@ -463,6 +551,21 @@ reject "TLS without a Secret" "tls.enabled needs tls.existingSecret" --set tls.e
 reject "an unknown client_auth" "/tls/clientCA/clientAuth" --set tls.clientCA.clientAuth=sometimes
 reject "existingClaim shared by 2 StatefulSet replicas" "existingClaim works with one replica" \
     --set persistence.existingClaim=c --set replicaCount=2
+
+reject "cluster without a Secret for the shared secret" "cluster.enabled needs cluster.existingSecret" \
+    --set cluster.enabled=true
+reject "cluster with client certificates required" "replicas present no client certificate" \
+    --set cluster.enabled=true --set cluster.existingSecret=c -f "$CHART_DIR/ci/tls-values.yaml"
+reject "shared storage without a bucket" "sharedStorage.s3.enabled needs sharedStorage.s3.bucket" \
+    --set sharedStorage.s3.enabled=true
+reject "an S3 endpoint that is not a URL" "/sharedStorage/s3/endpoint" \
+    --set sharedStorage.s3.enabled=true --set sharedStorage.s3.bucket=b --set sharedStorage.s3.endpoint=minio:9000
+reject "autoscaling a StatefulSet" "autoscaling needs kind=Deployment" --set autoscaling.enabled=true
+reject "autoscaling a Deployment on one PVC" "autoscaling needs kind=Deployment" \
+    --set autoscaling.enabled=true --set kind=Deployment
+reject "autoscaling with minReplicas above maxReplicas" "minReplicas is above" \
+    --set autoscaling.enabled=true --set kind=Deployment --set persistence.enabled=false \
+    --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=3
 
 reject "nodeConfig without an address every node reaches" "nodeConfig needs an address every node reaches" \
     --set nodeConfig.enabled=true

@@ -46,7 +46,10 @@ pub async fn get(
         state.access.record(&up, &repo, [digest.clone()]).await?;
         return respond(&digest, size, req, CacheResult::Miss, |_, _| unreachable_reader());
     }
-    match state.fills.start_or_join(up.clone(), repo.clone(), &digest) {
+    match state
+        .fills
+        .start_or_join(up.clone(), repo.clone(), &digest, !req.from_peer)
+    {
         Source::Committed => {
             state.access.confirm_blob(&up, &repo, &digest).await?;
             lookup(CacheResult::Hit);
@@ -54,23 +57,23 @@ pub async fn get(
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.to_string()))
         }
-        Source::Fill { fill, joined } => {
-            let cache = match joined {
-                true => CacheResult::Coalesced(Served::Upstream),
-                false => CacheResult::Miss,
-            };
-            match fill.wait_started().await? {
-                Start::Streaming(size) => {
-                    state.access.after_fill(&up, &repo, &digest, joined).await?;
-                    lookup(cache);
-                    respond(&digest, size, req, cache, |start, len| fill.read(start, len))
-                }
-                Start::Uncacheable => {
-                    lookup(CacheResult::Passthrough);
-                    passthrough(&up, &repo, &digest, req).await
-                }
+        Source::Fill { fill, joined } => match fill.wait_started().await? {
+            Start::Streaming(size) => {
+                let cache = match (fill.source(), joined) {
+                    (source, true) => CacheResult::Coalesced(source),
+                    (Served::Shared, false) => CacheResult::Shared,
+                    (Served::Peer, false) => CacheResult::Peer,
+                    (_, false) => CacheResult::Miss,
+                };
+                state.access.after_fill(&up, &repo, &digest, joined).await?;
+                lookup(cache);
+                respond(&digest, size, req, cache, |start, len| fill.read(start, len))
             }
-        }
+            Start::Uncacheable => {
+                lookup(CacheResult::Passthrough);
+                passthrough(&up, &repo, &digest, req).await
+            }
+        },
     }
 }
 

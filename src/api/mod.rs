@@ -22,6 +22,8 @@ pub struct RequestInfo {
     pub accept: Vec<HeaderValue>,
     /// The `Range` header.
     pub range: Option<String>,
+    /// Whether this is another replica's signed peer request (its fills never forward).
+    pub from_peer: bool,
 }
 
 impl RequestInfo {

@@ -117,6 +117,12 @@ impl Config {
         if self.storage.max_size == Some(0) {
             err("storage.max_size must be greater than zero".into());
         }
+        if let Some(s3) = &self.storage.s3 {
+            validate_s3(s3, &mut err);
+        }
+        if let Some(cluster) = &self.cluster {
+            validate_cluster(cluster, &mut err);
+        }
         if self.server.max_connections == 0 || self.server.max_connections_per_ip == 0 {
             err("server.max_connections and max_connections_per_ip must be at least 1".into());
         }
@@ -177,5 +183,66 @@ impl Config {
                 }
             }
         }
+    }
+}
+
+/// `[storage.s3]`: a bucket, an endpoint that is a URL (https unless `allow_http`), the key id
+/// and its secret file together, and a readable secret file.
+fn validate_s3(s3: &crate::config::S3Config, err: &mut impl FnMut(String)) {
+    if s3.bucket.is_empty() {
+        err("storage.s3.bucket is empty".into());
+    }
+    if let Some(endpoint) = &s3.endpoint {
+        match endpoint.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+                if !s3.allow_http {
+                    err(format!(
+                        "storage.s3.endpoint {endpoint} is plain HTTP: set allow_http = true to allow it"
+                    ));
+                }
+            }
+            _ => err(format!("storage.s3.endpoint {endpoint:?} is not an http(s) URL")),
+        }
+    }
+    if s3.access_key_id.is_some() != s3.secret_access_key_file.is_some() {
+        err("storage.s3: access_key_id and secret_access_key_file go together".into());
+    }
+    if let Some(file) = &s3.secret_access_key_file {
+        if let Err(e) = std::fs::metadata(file) {
+            err(format!("storage.s3.secret_access_key_file {}: {e}", file.display()));
+        }
+    }
+    if s3.timeout.is_zero() {
+        err("storage.s3.timeout must be greater than zero".into());
+    }
+}
+
+/// `[cluster]`: http(s) URLs for this replica and its peers, a readable secret, and nonzero
+/// timers.
+fn validate_cluster(c: &crate::config::ClusterConfig, err: &mut impl FnMut(String)) {
+    let is_url = |u: &str| {
+        u.parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.path() == "/")
+    };
+    if !is_url(&c.advertise) {
+        err(format!(
+            "cluster.advertise {:?} is not an http(s) URL without a path",
+            c.advertise
+        ));
+    }
+    for p in &c.peers {
+        if !is_url(p) {
+            err(format!("cluster.peers: {p:?} is not an http(s) URL without a path"));
+        }
+    }
+    if c.peers.is_empty() && c.peers_dns.is_none() {
+        err("cluster: set peers or peers_dns".into());
+    }
+    if let Err(e) = crate::cluster::PeerKey::from_file(&c.secret_file) {
+        err(e);
+    }
+    if c.refresh_interval.is_zero() || c.peer_timeout.is_zero() || c.down_for.is_zero() {
+        err("cluster: refresh_interval, peer_timeout and down_for must be greater than zero".into());
     }
 }

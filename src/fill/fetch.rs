@@ -1,6 +1,7 @@
-//! The upstream side of a fill: create the spool, GET the blob (resuming with `Range` after a
-//! mid-body failure, with backoff, for up to the upstream's `fill_resume_window` while readers
-//! wait), hand each received frame to a writer thread that writes it into the spool (which
+//! The source side of a fill: create the spool, stream the shared tier's verified copy if it
+//! has one, else GET the blob from the upstream (resuming with `Range` after a mid-body
+//! failure, or where a broken shared read stopped, with backoff, for up to the upstream's
+//! `fill_resume_window` while readers wait), hand each received frame to a writer thread that writes it into the spool (which
 //! hashes it), so receiving, hashing and writing overlap, and verify the spool at the end.
 
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{Fill, Fills, Outcome, Progress};
+use super::{Fill, Fills, Outcome, Progress, Served};
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
 use crate::store::{Spool, CHUNK};
@@ -60,8 +61,29 @@ pub(super) async fn fetch(
         let tx = tx.clone();
         tokio::task::spawn_blocking(move || write_loop(spool, wrx, &tx))
     };
-    let received = receive(fills, upstream, repo, digest, tx, reserved, wtx).await;
-    // The writer ends once the sender is dropped (inside `receive`) and its queue is drained.
+    let mut t = Transfer {
+        sent: 0,
+        total: None,
+        started: false,
+        reserved,
+    };
+    // The writer ends once its sender is dropped (by `receive`, or here) and its queue is
+    // drained.
+    let mut received = receive_shared(fills, digest, fill, tx, &mut t, &wtx).await;
+    if matches!(received, Ok(None)) && t.sent == 0 {
+        received = receive_peer(fills, digest, fill, tx, &mut t, &wtx).await;
+    }
+    let received = match received {
+        Ok(None) => receive(fills, upstream, repo, digest, tx, &mut t, wtx).await,
+        Ok(Some(r)) => {
+            drop(wtx);
+            Ok(r)
+        }
+        Err(e) => {
+            drop(wtx);
+            Err(e)
+        }
+    };
     let written = writer.await.map_err(|_| Error::TaskFailed("fill writer"));
     let spool = match (received, written) {
         // The writer's own failure explains a receive that stopped because the writer did.
@@ -85,6 +107,162 @@ enum Received {
     NoRoom,
 }
 
+/// How far a fill's transfer is, across its sources.
+struct Transfer<'a> {
+    /// Bytes queued for the writer.
+    sent: u64,
+    /// The size, once known.
+    total: Option<u64>,
+    /// Whether room was reserved (if the size is known) and streaming was published.
+    started: bool,
+    /// The reservation, for the caller to release.
+    reserved: &'a mut Option<u64>,
+}
+
+/// Stream the shared tier's copy of the blob, if it has one, into the writer. Its reads are
+/// verified: a copy that does not match its digest ends with an error, never a clean end.
+/// `Ok(None)` when there is no shared tier, it is unavailable or has no copy, or its copy
+/// broke off (then `t` says how far it got, and the upstream is asked for the rest; the whole
+/// spool is verified at the end).
+async fn receive_shared(
+    fills: &Fills,
+    digest: &Digest,
+    fill: &Fill,
+    tx: &watch::Sender<Progress>,
+    t: &mut Transfer<'_>,
+    wtx: &mpsc::Sender<WriteOp>,
+) -> Result<Option<Received>, Error> {
+    let Some(shared) = fills.shared.as_ref().filter(|s| s.is_available()) else {
+        return Ok(None);
+    };
+    let Ok(Some((size, mut chunks))) = shared.noted("read", "blob", shared.read(digest).await) else {
+        return Ok(None);
+    };
+    if !reserve(fills, size).await? {
+        return Ok(Some(Received::NoRoom));
+    }
+    *t.reserved = Some(size);
+    (t.started, t.total) = (true, Some(size));
+    fill.set_source(Served::Shared);
+    tx.send_modify(|p| {
+        *p = Progress::Streaming {
+            written: 0,
+            total: Some(size),
+        }
+    });
+    while let Some(chunk) = chunks.recv().await {
+        match chunk {
+            Ok(data) => {
+                t.sent += data.len() as u64;
+                let queued = wtx.send(WriteOp::Data(data)).await;
+                queued.map_err(|_| Error::TaskFailed("fill writer"))?;
+            }
+            // Readers may have been sent bytes of a copy now known to be wrong: the fill
+            // fails (their transfers end with an error, never a clean end). The copy is
+            // deleted, so the client's retry fetches from the upstream.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::BadContent {
+                    upstream: "shared tier".into(),
+                    reference: digest.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(digest = %digest, offset = t.sent, error = %e, "shared tier read broke off: fetching the rest from the upstream");
+                break;
+            }
+        }
+    }
+    Ok((t.sent == size).then_some(Received::All))
+}
+
+/// Stream the blob from the replica that owns it in the cluster, if that is another replica
+/// and this fill may ask it. `Ok(None)` when there is no such owner, or it failed (then it is
+/// marked down, `t` says how far it got, and the upstream is asked for the rest; the whole
+/// spool is verified at the end, so a wrong byte from a peer fails the fill, never passes).
+async fn receive_peer(
+    fills: &Fills,
+    digest: &Digest,
+    fill: &Fill,
+    tx: &watch::Sender<Progress>,
+    t: &mut Transfer<'_>,
+    wtx: &mpsc::Sender<WriteOp>,
+) -> Result<Option<Received>, Error> {
+    let Some((cluster, client)) = fills.cluster.as_ref().filter(|_| fill.forward) else {
+        return Ok(None);
+    };
+    let Some(owner) = cluster.owner(digest) else {
+        return Ok(None);
+    };
+    let path = crate::cluster::blob_path(&fill.upstream, &fill.repo, digest);
+    let resp = match client.get(&owner, &path, cluster.key(), cluster.peer_timeout()).await {
+        Ok(r) => r,
+        Err(e) => {
+            cluster.mark_down(&owner, &e);
+            return Ok(None);
+        }
+    };
+    let Some(size) = content_length(resp.headers()) else {
+        cluster.mark_down(&owner, "no Content-Length");
+        return Ok(None);
+    };
+    if !t.started {
+        if !reserve(fills, size).await? {
+            return Ok(Some(Received::NoRoom));
+        }
+        *t.reserved = Some(size);
+        (t.started, t.total) = (true, Some(size));
+        fill.set_source(Served::Peer);
+        tx.send_modify(|p| {
+            *p = Progress::Streaming {
+                written: 0,
+                total: Some(size),
+            }
+        });
+    }
+    let mut body = resp.into_body();
+    let broke = loop {
+        match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => break Some("body stalled".to_string()),
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => break Some(e.to_string()),
+            Ok(Some(Ok(f))) => {
+                let Ok(data) = f.into_data() else { continue };
+                t.sent += data.len() as u64;
+                let queued = wtx.send(WriteOp::Data(data)).await;
+                queued.map_err(|_| Error::TaskFailed("fill writer"))?;
+            }
+        }
+    };
+    match broke {
+        None if t.sent == size => {
+            cluster.record_ok();
+            Ok(Some(Received::All))
+        }
+        why => {
+            let why = why.unwrap_or_else(|| format!("ended after {} of {size} bytes", t.sent));
+            cluster.mark_down(&owner, &why);
+            tracing::warn!(peer = owner, digest = %digest, offset = t.sent, error = why, "peer transfer broke off: fetching the rest from the upstream");
+            Ok(None)
+        }
+    }
+}
+
+/// Reserve room for `n` bytes (evicting if needed); false when there is none, and a
+/// store-health note when the disk (not `max_size`) is the reason.
+async fn reserve(fills: &Fills, n: u64) -> Result<bool, Error> {
+    if fills.evictor.reserve(n).await? {
+        return Ok(true);
+    }
+    // Too large for `max_size` is policy; otherwise the disk is too full.
+    if fills.evictor.fits(n) {
+        fills
+            .health
+            .write_failed("blob", &format_args!("no room for {n} bytes"));
+    }
+    Ok(false)
+}
+
 /// Receive the body (with resumes) and queue it for the writer.
 async fn receive(
     fills: &Fills,
@@ -92,14 +270,14 @@ async fn receive(
     repo: &RepoName,
     digest: &Digest,
     tx: &watch::Sender<Progress>,
-    reserved: &mut Option<u64>,
+    t: &mut Transfer<'_>,
     wtx: mpsc::Sender<WriteOp>,
 ) -> Result<Received, Error> {
     // The writer only stops early when a write failed; its own result carries that error.
     let writer_gone = || Error::TaskFailed("fill writer");
-    let mut sent: u64 = 0;
-    let mut total: Option<u64> = None;
-    let mut started = false;
+    // Where the shared tier's copy left off, if it broke; the reservation goes back to `t`.
+    let (mut sent, mut total, mut started) = (t.sent, t.total, t.started);
+    let reserved = &mut *t.reserved;
     let mut broken: Option<Break> = None;
     loop {
         let resp = match upstream.fetch_blob(repo, digest, sent).await {
@@ -132,13 +310,7 @@ async fn receive(
         if !started {
             started = true;
             if let Some(n) = total {
-                if !fills.evictor.reserve(n).await? {
-                    // Too large for `max_size` is policy; otherwise the disk is too full.
-                    if fills.evictor.fits(n) {
-                        fills
-                            .health
-                            .write_failed("blob", &format_args!("no room for {n} bytes"));
-                    }
+                if !reserve(fills, n).await? {
                     return Ok(Received::NoRoom);
                 }
                 *reserved = Some(n);

@@ -6,23 +6,28 @@
 //! fill. Once the digest checks out the fill publishes `Verified` (readers may finish), then
 //! commits the verified spool to the store. On any failure the spool is removed and every
 //! reader's stream ends with an error. The fill's entry in the in-flight map is held by a
-//! guard, so a fill that fails or panics never wedges its digest. No HTTP types here.
+//! guard, so a fill that fails or panics never wedges its digest. Sources, in order: the
+//! shared tier's verified copy, the replica that owns the digest in a cluster (which runs the
+//! cluster's one fill and streams it), the upstream. No HTTP types here besides the peer
+//! response body.
 
 mod fetch;
 
 use std::fs::File;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache_result::Source as Served;
+use crate::cluster::{Cluster, PeerClient};
 use crate::coalesce::{Inflight, Leave};
 use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::store::{read_file, BlobStore, ByteStream, ContentStore, Evictor, Follow, StoreHealth};
+use crate::store::{read_file, BlobStore, ByteStream, ContentStore, Evictor, Follow, SharedStore, StoreHealth};
 use crate::upstream::Upstream;
 
 /// Where a fill stands, as seen by its readers.
@@ -74,6 +79,11 @@ pub struct Fill {
     repo: RepoName,
     /// The spool's file, set by the fill task before it publishes any byte.
     file: OnceLock<Arc<File>>,
+    /// Whether the fill may ask the blob's owner replica (a fill started by a peer's request
+    /// must not: it would forward again).
+    forward: bool,
+    /// Where the bytes come from: set before the first byte is published.
+    source: Mutex<Served>,
     progress: watch::Receiver<Progress>,
 }
 
@@ -130,6 +140,17 @@ impl Fill {
         }
     }
 
+    /// Where the fill's bytes come from: the upstream, the shared tier or the owner replica.
+    /// Read after [`Fill::wait_started`]; a source that breaks off later falls back to the
+    /// upstream.
+    pub fn source(&self) -> Served {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_source(&self, s: Served) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
     /// Stream `start..start+len` (or to the end when `len` is `None`) as the fill writes it.
     /// Call after [`Fill::wait_started`] succeeded.
     pub fn read(&self, start: u64, len: Option<u64>) -> ByteStream {
@@ -180,6 +201,10 @@ pub struct Fills {
     disk: BlobStore,
     /// Where verified content is committed.
     store: Arc<dyn ContentStore>,
+    /// The shared tier, asked before the upstream.
+    shared: Option<SharedStore>,
+    /// The other replicas, and the client to ask the owner of a blob with.
+    cluster: Option<(Cluster, PeerClient)>,
     evictor: Arc<Evictor>,
     health: Arc<StoreHealth>,
     metrics: Arc<Metrics>,
@@ -188,8 +213,9 @@ pub struct Fills {
 }
 
 impl Fills {
-    /// Fills spooling on the evictor's disk and committing to `store`, reporting failed
-    /// writes to `health`; tasks are tracked by `tasks` and stop on `shutdown`.
+    /// Fills spooling on the evictor's disk, fetching from the upstream and committing to
+    /// `store`, reporting failed writes to `health`; tasks are tracked by `tasks` and stop on
+    /// `shutdown`.
     pub fn new(
         evictor: Arc<Evictor>,
         store: Arc<dyn ContentStore>,
@@ -202,11 +228,27 @@ impl Fills {
             inflight: Inflight::default(),
             disk: evictor.store().clone(),
             store,
+            shared: None,
+            cluster: None,
             evictor,
             health,
             metrics,
             tasks,
             shutdown,
+        }
+    }
+
+    /// These fills, asking the shared tier and then the blob's owner replica before the
+    /// upstream.
+    pub fn with_sources(self, shared: Option<SharedStore>, cluster: Option<Cluster>) -> Fills {
+        let cluster = cluster.map(|c| {
+            let client = PeerClient::new(c.peer_timeout());
+            (c, client)
+        });
+        Fills {
+            shared,
+            cluster,
+            ..self
         }
     }
 
@@ -239,9 +281,10 @@ impl Fills {
         all
     }
 
-    /// Join the fill for `digest`, or start one fetching it from `upstream` under `repo`.
-    /// Touches no disk: the fill task creates its spool.
-    pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Source {
+    /// Join the fill for `digest`, or start one fetching it from `upstream` under `repo`
+    /// (asking the blob's owner replica first if `forward`). Touches no disk: the fill task
+    /// creates its spool.
+    pub fn start_or_join(&self, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest, forward: bool) -> Source {
         let mut sender = None;
         let entry = self.inflight.join_or_start(digest, || {
             // A fill that finished between the caller's store lookup and now.
@@ -254,6 +297,8 @@ impl Fills {
                 upstream: upstream.name().to_string(),
                 repo: repo.clone(),
                 file: OnceLock::new(),
+                forward,
+                source: Mutex::new(Served::Upstream),
                 progress: rx,
             }))
         });

@@ -127,7 +127,13 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
             .get(RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        from_peer: false,
     };
+    let peer_signature = req
+        .headers()
+        .get(crate::cluster::PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let presented = Presented::from_headers(req.headers());
     let caller = Caller {
         addr: conn.peer.ip(),
@@ -144,12 +150,21 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         Ok(Route::Referrers(..)) => "referrers",
         Ok(Route::Live | Route::Ready) => "probe",
         Ok(Route::Token) => "token",
+        Ok(Route::PeerBlob(..)) => "peer_blob",
         _ => "other",
     };
     state.metrics.http_inflight.inc();
     // Set by `dispatch` once the request names an upstream (for the log and the status page).
     let upstream = OnceLock::new();
     let result = match route {
+        Ok(Route::PeerBlob(up, name, digest)) => {
+            let peer = PeerRequest {
+                path: &path,
+                signature: peer_signature.as_deref(),
+                upstream: &up,
+            };
+            peer_blob(&state, peer, name, digest, info.clone(), &upstream).await
+        }
         Ok(r) => dispatch(&state, r, &query, &info, &presented, &caller, &upstream).await,
         Err(e) => Err(e),
     };
@@ -251,11 +266,46 @@ async fn dispatch(
             };
             api::tags::get(&up, listing, &query.passthrough, info.is_head).await
         }
+        // Answered by `peer_blob`: it is checked against the cluster's key, not client auth.
+        Route::PeerBlob(..) => Err(Error::NotFound),
         Route::Referrers(name, subject) => {
             let (up, repo) = resolve(name).await?;
             api::referrers::get(state, info, &up, &repo, &subject, &query.passthrough).await
         }
     }
+}
+
+/// A peer request's path, signature and upstream name.
+struct PeerRequest<'a> {
+    path: &'a str,
+    signature: Option<&'a str>,
+    upstream: &'a str,
+}
+
+/// Another replica asks this one, the owner, for a blob: checked against the cluster's key
+/// (not client auth: the asking replica authorized its client), then answered like a client's
+/// request whose fill never forwards.
+async fn peer_blob(
+    state: &AppState,
+    peer: PeerRequest<'_>,
+    name: RepoName,
+    digest: crate::oci::Digest,
+    info: RequestInfo,
+    upstream: &OnceLock<String>,
+) -> Result<Response<Body>, Error> {
+    let Some(cluster) = &state.cluster else {
+        return Err(Error::NotFound);
+    };
+    if !peer.signature.is_some_and(|s| cluster.key().verify(peer.path, s)) {
+        return Err(Error::Denied);
+    }
+    let up = state.upstreams.by_name(peer.upstream).ok_or(Error::NotFound)?;
+    let _ = upstream.set(up.name().to_string());
+    let info = RequestInfo {
+        from_peer: true,
+        ..info
+    };
+    api::blobs::get(state, &info, up, name, digest).await
 }
 
 /// `scheme://authority` the client used (for the token realm); `localhost` if it sent none

@@ -30,6 +30,9 @@ pub enum Route {
     Tags(RepoName),
     /// `GET|HEAD /v2/<name>/referrers/<digest>` (OCI distribution-spec 1.1)
     Referrers(RepoName, Digest),
+    /// `GET /_berth/peer/<upstream>/<name>/blobs/<digest>`: another replica asks the owner of
+    /// a blob for it (signed; see `crate::cluster`).
+    PeerBlob(String, RepoName, Digest),
 }
 
 /// The query parameters berth uses.
@@ -54,6 +57,14 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
         // containerd tries an OAuth POST first and falls back to GET on 405.
         "/token" => return only_get(method, Route::Token),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix(crate::cluster::PEER_PREFIX) {
+        let (upstream, rest) = rest.split_once('/').ok_or(Error::NotFound)?;
+        let (name, digest) = rest.rsplit_once("/blobs/").ok_or(Error::NotFound)?;
+        return only_get(
+            method,
+            Route::PeerBlob(upstream.to_string(), name.parse()?, digest.parse()?),
+        );
     }
     let rest = match path.strip_prefix("/v2") {
         Some("") | Some("/") => return only_get(method, Route::Base),
@@ -144,6 +155,7 @@ mod tests {
             Ok(Route::Blob(..)) => Ok("blob"),
             Ok(Route::Tags(_)) => Ok("tags"),
             Ok(Route::Referrers(..)) => Ok("referrers"),
+            Ok(Route::PeerBlob(..)) => Ok("peer-blob"),
             Err(e) => Err(e.status_and_code().1),
         }
     }
@@ -162,6 +174,15 @@ mod tests {
             (M::GET, "/readyz".into(), Ok("ready")),
             (M::GET, "/token".into(), Ok("token")),
             (M::POST, "/token".into(), Err("UNSUPPORTED")),
+            (M::GET, format!("/_berth/peer/hub/library/a/blobs/{D}"), Ok("peer-blob")),
+            (M::GET, format!("/_berth/peer/hub/blobs/{D}"), Err("NAME_UNKNOWN")),
+            (M::GET, format!("/_berth/peer/hub/Bad/blobs/{D}"), Err("NAME_INVALID")),
+            (M::GET, "/_berth/peer/hub".into(), Err("NAME_UNKNOWN")),
+            (
+                M::HEAD,
+                format!("/_berth/peer/hub/library/a/blobs/{D}"),
+                Ok("peer-blob"),
+            ),
             (M::GET, "/v2/library/alpine/manifests/3.20".into(), Ok("manifest-tag")),
             (
                 M::HEAD,

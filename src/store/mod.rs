@@ -4,7 +4,9 @@
 //! spools that fills write to and readers tail (`spool`, `reader`), the in-memory index and
 //! eviction (`index`, `evict`), tag records (`tags`), repository links (`links`), which
 //! objects are manifests (`manifest_types`), pins, the server's lock (`lock`), and whether the
-//! disk can be written now (`health`). Layout under the configured root:
+//! disk can be written now (`health`). With `[storage.s3]` the shared tier (`shared`, an
+//! S3-compatible object store) sits behind the local disk, the two joined by `tiered`.
+//! Layout under the configured root:
 //! ```text
 //! blobs/sha256/ab/abcdef...          verified content, visible only after verify + fsync + rename
 //! manifests/sha256/ab/abcdef...      media type of an object committed as a manifest
@@ -28,8 +30,10 @@ mod lock;
 mod manifest_types;
 mod pins;
 mod reader;
+mod shared;
 mod spool;
 mod tags;
+mod tiered;
 
 pub use cas::BlobStore;
 pub use content::{Blob, ByteStream, ContentStore, ObjectInfo, RangeReader, StoreFuture};
@@ -41,8 +45,10 @@ pub use lock::{LockError, StoreLock};
 pub use manifest_types::ManifestTypes;
 pub use pins::{Pin, Pins};
 pub use reader::{read_file, Complete, Follow, CHUNK};
+pub use shared::{CheckError, SharedError, SharedStore};
 pub use spool::{Spool, VerifiedSpool};
 pub use tags::{TagEntry, TagKey, TagRecord, TagStore};
+pub use tiered::Tiered;
 
 use std::path::PathBuf;
 

@@ -64,6 +64,11 @@ impl VerifiedSpool {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// The file (still readable through this handle after the commit renames it).
+    pub fn file(&self) -> &Arc<File> {
+        &self.tmp.file
+    }
 }
 
 impl Spool {

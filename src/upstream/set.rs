@@ -92,6 +92,11 @@ impl UpstreamSet {
         &self.all
     }
 
+    /// The upstream configured as `[upstreams.<name>]`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.all.iter().find(|u| u.name() == name).cloned()
+    }
+
     /// Pick the upstream for a request and the repository name to ask it for.
     pub fn resolve(&self, ns: Option<&str>, name: RepoName) -> Result<(Arc<Upstream>, RepoName), RouteError> {
         let first = name.components().next().unwrap_or("").to_string();

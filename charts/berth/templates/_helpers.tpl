@@ -57,9 +57,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Number of replicas actually run. */}}
+{{/* "true" for a Deployment on one PVC: one pod, Recreate. */}}
+{{- define "berth.singlePVCDeployment" -}}
+{{- if and (eq .Values.kind "Deployment") .Values.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Number of replicas run (with autoscaling: at least minReplicas). */}}
 {{- define "berth.replicas" -}}
-{{- if eq .Values.kind "Deployment" }}1{{ else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- if include "berth.singlePVCDeployment" . }}1
+{{- else if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas | int }}
+{{- else }}{{ .Values.replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/* "true" when more than one replica may run (replicas, autoscaling or a cluster). */}}
+{{- define "berth.multiReplica" -}}
+{{- if or (gt (int (include "berth.replicas" .)) 1) (and .Values.autoscaling.enabled (not (include "berth.singlePVCDeployment" .))) .Values.cluster.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The scheme berth's listener speaks. */}}
+{{- define "berth.scheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled }}
+{{- end }}
+
+{{/* The headless Service through which the replicas find each other. */}}
+{{- define "berth.peersService" -}}
+{{- printf "%s-peers" (include "berth.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
 {{/* Port number at the end of a listen address ("0.0.0.0:5000", "[::]:5000"). */}}
@@ -94,7 +116,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 The config as rendered into config.toml: .Values.config plus, for each entry of
 upstreamCredentials, password_file (and username when given as a value), and server.tls from
 .Values.tls (files under /etc/berth/tls and /etc/berth/tls-client-ca), and auth.htpasswd /
-auth.token_key_file from .Values.auth (files under /etc/berth/auth/).
+auth.token_key_file from .Values.auth (files under /etc/berth/auth/), storage.s3 from
+.Values.sharedStorage.s3 (secret key under /etc/berth/s3) and cluster from .Values.cluster
+(secret under /etc/berth/cluster; advertise comes from the environment).
 */}}
 {{- define "berth.config" -}}
 {{- $cfg := deepCopy .Values.config }}
@@ -142,6 +166,41 @@ auth.token_key_file from .Values.auth (files under /etc/berth/auth/).
 {{- $_ := set $cfg "auth" $auth }}
 {{- end }}
 {{- $storage := $cfg.storage | default dict }}
+{{- $s3v := .Values.sharedStorage.s3 }}
+{{- if $s3v.enabled }}
+{{- if not $s3v.bucket }}
+{{- fail "sharedStorage.s3.enabled needs sharedStorage.s3.bucket" }}
+{{- end }}
+{{- $s3 := $storage.s3 | default dict }}
+{{- $_ := set $s3 "bucket" $s3v.bucket }}
+{{- with $s3v.endpoint }}{{ $_ := set $s3 "endpoint" . }}{{ end }}
+{{- with $s3v.region }}{{ $_ := set $s3 "region" . }}{{ end }}
+{{- with $s3v.prefix }}{{ $_ := set $s3 "prefix" . }}{{ end }}
+{{- if $s3v.allowHttp }}{{ $_ := set $s3 "allow_http" true }}{{ end }}
+{{- with $s3v.timeout }}{{ $_ := set $s3 "timeout" . }}{{ end }}
+{{- if $s3v.credentials.existingSecret }}
+{{- /* The key id comes from the Secret as BERTH_STORAGE__S3__ACCESS_KEY_ID (berth.env). */}}
+{{- $_ := set $s3 "secret_access_key_file" (printf "/etc/berth/s3/%s" $s3v.credentials.secretAccessKeyKey) }}
+{{- end }}
+{{- $_ := set $storage "s3" $s3 }}
+{{- $_ := set $cfg "storage" $storage }}
+{{- end }}
+{{- if .Values.cluster.enabled }}
+{{- if not .Values.cluster.existingSecret }}
+{{- fail "cluster.enabled needs cluster.existingSecret (a Secret holding at least 16 bytes: kubectl create secret generic berth-cluster --from-literal=secret=$(head -c 32 /dev/urandom | base64))" }}
+{{- end }}
+{{- if include "berth.clientCertRequired" . }}
+{{- fail "cluster.enabled with tls.clientCA.clientAuth=required: replicas present no client certificate to each other; use clientAuth=optional" }}
+{{- end }}
+{{- $cl := $cfg.cluster | default dict }}
+{{- $_ := set $cl "peers_dns" (printf "%s.%s.svc.%s:%d" (include "berth.peersService" .) .Release.Namespace .Values.cluster.clusterDomain (include "berth.httpPort" . | int)) }}
+{{- $_ := set $cl "secret_file" (printf "/etc/berth/cluster/%s" .Values.cluster.key) }}
+{{- with .Values.cluster.refreshInterval }}{{ $_ := set $cl "refresh_interval" . }}{{ end }}
+{{- with .Values.cluster.peerTimeout }}{{ $_ := set $cl "peer_timeout" . }}{{ end }}
+{{- with .Values.cluster.downFor }}{{ $_ := set $cl "down_for" . }}{{ end }}
+{{- /* advertise is per pod: BERTH_CLUSTER__ADVERTISE from the pod IP (berth.env). */}}
+{{- $_ := set $cfg "cluster" $cl }}
+{{- end }}
 {{- if and (not (hasKey $storage "max_size")) (gt (int .Values.persistence.maxSizePercent) 0) }}
 {{- $size := ternary .Values.persistence.size .Values.persistence.emptyDirSizeLimit .Values.persistence.enabled }}
 {{- if $size }}

@@ -117,6 +117,16 @@ spec:
           mountPath: /etc/berth/auth/token-key
           readOnly: true
         {{- end }}
+        {{- if and .Values.sharedStorage.s3.enabled .Values.sharedStorage.s3.credentials.existingSecret }}
+        - name: s3-credentials
+          mountPath: /etc/berth/s3
+          readOnly: true
+        {{- end }}
+        {{- if .Values.cluster.enabled }}
+        - name: cluster-secret
+          mountPath: /etc/berth/cluster
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -192,6 +202,28 @@ spec:
           - key: {{ $.Values.auth.tokenKey.key }}
             path: {{ $.Values.auth.tokenKey.key }}
     {{- end }}
+    {{- if .Values.sharedStorage.s3.enabled }}
+    {{- with .Values.sharedStorage.s3.credentials }}
+    {{- if .existingSecret }}
+    - name: s3-credentials
+      secret:
+        secretName: {{ .existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .secretAccessKeyKey }}
+            path: {{ .secretAccessKeyKey }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- if .Values.cluster.enabled }}
+    - name: cluster-secret
+      secret:
+        secretName: {{ .Values.cluster.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.cluster.key }}
+            path: {{ .Values.cluster.key }}
+    {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -199,9 +231,22 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- if .Values.affinity }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml .Values.affinity | nindent 4 }}
+  {{- else if and (include "berth.multiReplica" .) (ne .Values.podAntiAffinity "none") }}
+  {{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "berth.selectorLabels" . | fromYaml)) }}
+  affinity:
+    podAntiAffinity:
+      {{- if eq .Values.podAntiAffinity "hard" }}
+      requiredDuringSchedulingIgnoredDuringExecution:
+        {{- toYaml (list $term) | nindent 8 }}
+      {{- else }}
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            {{- toYaml $term | nindent 12 }}
+      {{- end }}
   {{- end }}
   {{- with .Values.tolerations }}
   tolerations:
@@ -221,8 +266,26 @@ spec:
   {{- end }}
 {{- end }}
 
-{{/* Environment of the berth container: usernames from Secrets, then extraEnv. */}}
+{{/* Environment of the berth container: the pod IP and this replica's cluster address,
+the S3 access key id and usernames from Secrets, then extraEnv. */}}
 {{- define "berth.env" -}}
+{{- if .Values.cluster.enabled }}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: BERTH_CLUSTER__ADVERTISE
+  value: {{ printf "%s://$(POD_IP):%d" (include "berth.scheme" .) (include "berth.httpPort" . | int) | quote }}
+{{- end }}
+{{- with .Values.sharedStorage.s3 }}
+{{- if and .enabled .credentials.existingSecret }}
+- name: BERTH_STORAGE__S3__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .credentials.existingSecret }}
+      key: {{ .credentials.accessKeyIdKey }}
+{{- end }}
+{{- end }}
 {{- range $name, $cred := .Values.upstreamCredentials }}
 {{- if and $cred.usernameKey (not $cred.username) }}
 - name: {{ include "berth.usernameEnv" $name }}

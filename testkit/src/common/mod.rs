@@ -597,6 +597,19 @@ impl TestProxy {
 
     /// Like `start_in`, with extra `[storage]` keys.
     pub async fn start_with(dir: tempfile::TempDir, upstream_url: &str, storage: &str, extra: &str) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, dir, upstream_url, storage, extra).await
+    }
+
+    /// Like `start_with`, serving on `listener` (bound already, so its address can be in the
+    /// config of other instances, as cluster peers).
+    pub async fn start_on(
+        listener: TcpListener,
+        dir: tempfile::TempDir,
+        upstream_url: &str,
+        storage: &str,
+        extra: &str,
+    ) -> TestProxy {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("berth=debug")
@@ -612,7 +625,6 @@ impl TestProxy {
             .filter(|p| p.severity == berth::config::Severity::Error)
             .collect();
         assert!(problems.is_empty(), "test config is valid: {problems:?}");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, metrics_addr) = (listener.local_addr().unwrap(), metrics.local_addr().unwrap());
         let shutdown = CancellationToken::new();

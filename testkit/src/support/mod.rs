@@ -11,6 +11,7 @@
 //! - [`containerd::Containerd`]: a private containerd daemon and `ctr` pulls via `hosts.toml`.
 //! - [`podman::Podman`]: `podman pull` with all state and config in a temp dir.
 //! - [`docker`]: the machine's Docker engine, and a guard for its `registry-mirrors`.
+//! - [`seaweed::SeaweedFs`]: SeaweedFS `weed mini` as an S3-compatible object store.
 //!
 //! Missing tools fail the test with an install hint; nothing is skipped silently.
 
@@ -22,6 +23,7 @@ pub mod http;
 pub mod image;
 pub mod podman;
 pub mod registry;
+pub mod seaweed;
 pub mod skopeo;
 
 use std::net::TcpListener;

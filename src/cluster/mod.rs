@@ -1,0 +1,202 @@
+//! The replicas of one berth cluster and who owns which blob. Each blob digest has one owner
+//! among the live replicas, by rendezvous hashing (highest `sha256(peer URL, digest)` wins,
+//! as groupcache does): when a replica joins or leaves, only the digests it owned move. A
+//! replica that misses a blob it does not own asks the owner (`fill`), which runs the single
+//! fill and streams it; an owner that fails is marked down for `down_for`, and the next
+//! replica in rendezvous order owns its digests meanwhile. Membership is the static `peers`
+//! list or the addresses `peers_dns` resolves to, re-resolved every `refresh_interval`.
+//! Peer requests carry an HMAC of their path under the shared secret (`auth.rs`). No request
+//! handling here: this owns the membership, the ownership rule and the peer signatures.
+
+mod auth;
+mod client;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{PeerKey, PEER_HEADER};
+pub use client::PeerClient;
+
+use crate::config::ClusterConfig;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName};
+
+/// Where peer requests go: `/_berth/peer/<upstream>/<repo>/blobs/<digest>`.
+pub const PEER_PREFIX: &str = "/_berth/peer/";
+
+/// The peer path for a blob of `repo` on upstream `upstream`.
+pub fn blob_path(upstream: &str, repo: &RepoName, digest: &Digest) -> String {
+    format!("{PEER_PREFIX}{upstream}/{repo}/blobs/{digest}")
+}
+
+/// The cluster as this replica sees it. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This replica's URL, as the others reach it.
+    me: String,
+    /// Every replica's URL (this one included), sorted.
+    peers: RwLock<Vec<String>>,
+    /// Replicas that failed, until when they are skipped.
+    down: Mutex<HashMap<String, Instant>>,
+    cfg: ClusterConfig,
+    key: PeerKey,
+    metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    /// The cluster `cfg` describes; reads the secret file now. Membership starts as the
+    /// static list (or this replica alone until DNS answers).
+    pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Cluster, String> {
+        let key = PeerKey::from_file(&cfg.secret_file)?;
+        let me = normalize(&cfg.advertise);
+        let mut peers: Vec<String> = cfg.peers.iter().map(|p| normalize(p)).collect();
+        peers.push(me.clone());
+        peers.sort();
+        peers.dedup();
+        metrics.cluster_peers.set(peers.len() as i64);
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                me,
+                peers: RwLock::new(peers),
+                down: Mutex::default(),
+                cfg: cfg.clone(),
+                key,
+                metrics,
+            }),
+        })
+    }
+
+    /// This replica's URL.
+    pub fn me(&self) -> &str {
+        &self.inner.me
+    }
+
+    /// The key peer requests are signed and checked with.
+    pub fn key(&self) -> &PeerKey {
+        &self.inner.key
+    }
+
+    /// Longest wait for a peer's response headers before it is marked down.
+    pub fn peer_timeout(&self) -> Duration {
+        self.inner.cfg.peer_timeout
+    }
+
+    /// The owner of `digest` among the live replicas, if it is another replica (`None`: this
+    /// replica owns it, or no other replica is live).
+    pub fn owner(&self, digest: &Digest) -> Option<String> {
+        let peers = self.inner.peers.read().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = peers
+            .iter()
+            .filter(|p| **p == self.inner.me || down.get(*p).is_none_or(|until| *until <= now))
+            .max_by_key(|p| score(p, digest))?;
+        (*owner != self.inner.me).then(|| owner.clone())
+    }
+
+    /// A blob fill the owner answered in full.
+    pub fn record_ok(&self) {
+        self.inner.metrics.record_peer_request("ok");
+    }
+
+    /// `peer` failed (unreachable, slow, broke off): skip it for `down_for`.
+    pub fn mark_down(&self, peer: &str, why: &str) {
+        let until = Instant::now() + self.inner.cfg.down_for;
+        let was_up = self
+            .inner
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.to_string(), until)
+            .is_none_or(|old| old <= Instant::now());
+        self.inner.metrics.record_peer_request("failed");
+        if was_up {
+            tracing::warn!(peer, reason = why, down_for = ?self.inner.cfg.down_for, "peer marked down: fetching its blobs from the upstream meanwhile");
+        }
+    }
+
+    /// Keep the membership current from `peers_dns` until `stop` (no-op for a static list).
+    pub async fn watch(self, stop: CancellationToken) {
+        let Some(name) = self.inner.cfg.peers_dns.clone() else {
+            return;
+        };
+        loop {
+            match tokio::net::lookup_host(name.as_str()).await {
+                Ok(addrs) => {
+                    let scheme = self.inner.me.split("://").next().unwrap_or("http").to_string();
+                    let mut peers: Vec<String> = addrs.map(|a| format!("{scheme}://{a}")).collect();
+                    peers.push(self.inner.me.clone());
+                    peers.sort();
+                    peers.dedup();
+                    self.inner.metrics.cluster_peers.set(peers.len() as i64);
+                    let mut current = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
+                    if *current != peers {
+                        tracing::info!(peers = ?peers, "cluster membership changed");
+                        *current = peers;
+                    }
+                }
+                Err(e) => tracing::warn!(name, error = %e, "peers_dns did not resolve; keeping the last membership"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.cfg.refresh_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// The rendezvous score of `peer` for `digest`.
+fn score(peer: &str, digest: &Digest) -> u64 {
+    let mut h = Sha256::new();
+    h.update(peer.as_bytes());
+    h.update([0]);
+    h.update(digest.hex().as_bytes());
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A peer URL without a trailing slash, so the same replica is always spelled alike.
+fn normalize(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(i: u32) -> Digest {
+        Digest::of(crate::oci::Algorithm::Sha256, &i.to_be_bytes())
+    }
+
+    #[test]
+    fn owners_spread_over_peers_and_only_a_leaving_peers_digests_move() {
+        let three = ["http://a:1", "http://b:1", "http://c:1"];
+        fn owner<'a>(peers: &[&'a str], d: &Digest) -> &'a str {
+            peers.iter().copied().max_by_key(|p| score(p, d)).unwrap()
+        }
+        let mut counts = HashMap::new();
+        for i in 0..3000 {
+            let d = digest(i);
+            let o = owner(&three, &d);
+            *counts.entry(o).or_insert(0) += 1;
+            let two = ["http://a:1", "http://b:1"];
+            if o != "http://c:1" {
+                assert_eq!(owner(&two, &d), o, "a digest c did not own keeps its owner");
+            }
+        }
+        for p in three {
+            let n = counts[p];
+            assert!((800..1200).contains(&n), "{p} owns {n} of 3000");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The HTTP transport `object_store` uses for the shared tier: berth's own hyper client (one
+//! HTTP and TLS stack in the binary: rustls with ring and the webpki roots, as for upstreams)
+//! behind `object_store`'s `HttpConnector` seam, instead of a second stack through reqwest.
+//! Only the configured endpoint is ever dialled: `object_store` builds every URL from it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use object_store::client::{
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody, HttpResponse,
+    HttpResponseBody, HttpService,
+};
+
+type Inner = Client<hyper_rustls::HttpsConnector<TcpConnector>, HttpRequestBody>;
+
+/// Connects `object_store` to the endpoint over hyper.
+#[derive(Debug, Clone, Copy)]
+pub struct HyperConnector {
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+}
+
+impl HttpConnector for HyperConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let tls =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(e),
+                })?
+                .with_root_certificates(rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                })
+                .with_no_client_auth();
+        let mut tcp = TcpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(self.connect_timeout));
+        tcp.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let inner: Inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        Ok(HttpClient::new(HyperService { inner }))
+    }
+}
+
+#[derive(Debug)]
+struct HyperService {
+    inner: Inner,
+}
+
+#[async_trait::async_trait]
+impl HttpService for HyperService {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let resp = self.inner.request(req).await.map_err(|e| {
+            let kind = if e.is_connect() {
+                HttpErrorKind::Connect
+            } else {
+                HttpErrorKind::Request
+            };
+            HttpError::new(kind, e)
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .map_frame(|f| f.map_data(Bytes::from))
+            .map_err(|e| HttpError::new(HttpErrorKind::Decode, e));
+        Ok(HttpResponse::from_parts(parts, HttpResponseBody::new(body)))
+    }
+}
