@@ -311,6 +311,10 @@ pub struct ClusterConfig {
     /// How long a peer that failed is skipped.
     #[serde(default = "default_down_for", deserialize_with = "duration")]
     pub down_for: Duration,
+    /// Extra CA certificates (PEM) trusted for `https` peers, e.g. the CA of berth's own
+    /// serving certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_refresh_interval() -> Duration {

@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::{PeerKey, PEER_HEADER};
 
@@ -21,16 +23,22 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client that gives up connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> PeerClient {
-        let tls =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                })
-                .with_no_client_auth();
+    /// A client that gives up connecting after `connect_timeout`, trusting the public roots
+    /// and the certificates in `ca_pem`.
+    pub fn new(connect_timeout: Duration, ca_pem: Option<&[u8]>) -> Result<PeerClient, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in ca_pem.map(CertificateDer::pem_slice_iter).into_iter().flatten() {
+            let cert = cert.map_err(|e| format!("cluster.ca_file: {e}"))?;
+            roots.add(cert).map_err(|e| format!("cluster.ca_file: {e}"))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(connect_timeout));
@@ -40,11 +48,11 @@ impl PeerClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        PeerClient {
+        Ok(PeerClient {
             inner: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build(https),
-        }
+        })
     }
 
     /// GET `path` from `peer`, signed with `key`; the response once its headers arrive within

@@ -13,13 +13,13 @@ mod client;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{PeerKey, PEER_HEADER};
-pub use client::PeerClient;
+use client::PeerClient;
 
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
@@ -48,6 +48,7 @@ struct Inner {
     down: Mutex<HashMap<String, Instant>>,
     cfg: ClusterConfig,
     key: PeerKey,
+    client: PeerClient,
     metrics: Arc<Metrics>,
 }
 
@@ -56,6 +57,11 @@ impl Cluster {
     /// static list (or this replica alone until DNS answers).
     pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Cluster, String> {
         let key = PeerKey::from_file(&cfg.secret_file)?;
+        let ca = match &cfg.ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| format!("cluster.ca_file {}: {e}", f.display()))?),
+            None => None,
+        };
+        let client = PeerClient::new(cfg.peer_timeout, ca.as_deref())?;
         let me = normalize(&cfg.advertise);
         let mut peers: Vec<String> = cfg.peers.iter().map(|p| normalize(p)).collect();
         peers.push(me.clone());
@@ -69,6 +75,7 @@ impl Cluster {
                 down: Mutex::default(),
                 cfg: cfg.clone(),
                 key,
+                client,
                 metrics,
             }),
         })
@@ -84,9 +91,11 @@ impl Cluster {
         &self.inner.key
     }
 
-    /// Longest wait for a peer's response headers before it is marked down.
-    pub fn peer_timeout(&self) -> Duration {
-        self.inner.cfg.peer_timeout
+    /// Ask `peer` (an owner) for `path`, signed; the response once its headers arrived within
+    /// `peer_timeout`, if it is a 200.
+    pub async fn get(&self, peer: &str, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let i = &self.inner;
+        i.client.get(peer, path, &i.key, i.cfg.peer_timeout).await
     }
 
     /// The owner of `digest` among the live replicas, if it is another replica (`None`: this

@@ -242,6 +242,11 @@ fn validate_cluster(c: &crate::config::ClusterConfig, err: &mut impl FnMut(Strin
     if let Err(e) = crate::cluster::PeerKey::from_file(&c.secret_file) {
         err(e);
     }
+    if let Some(ca) = &c.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            err(format!("cluster.ca_file {}: {e}", ca.display()));
+        }
+    }
     if c.refresh_interval.is_zero() || c.peer_timeout.is_zero() || c.down_for.is_zero() {
         err("cluster: refresh_interval, peer_timeout and down_for must be greater than zero".into());
     }

@@ -188,14 +188,14 @@ async fn receive_peer(
     t: &mut Transfer<'_>,
     wtx: &mpsc::Sender<WriteOp>,
 ) -> Result<Option<Received>, Error> {
-    let Some((cluster, client)) = fills.cluster.as_ref().filter(|_| fill.forward) else {
+    let Some(cluster) = fills.cluster.as_ref().filter(|_| fill.forward) else {
         return Ok(None);
     };
     let Some(owner) = cluster.owner(digest) else {
         return Ok(None);
     };
     let path = crate::cluster::blob_path(&fill.upstream, &fill.repo, digest);
-    let resp = match client.get(&owner, &path, cluster.key(), cluster.peer_timeout()).await {
+    let resp = match cluster.get(&owner, &path).await {
         Ok(r) => r,
         Err(e) => {
             cluster.mark_down(&owner, &e);

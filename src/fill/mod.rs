@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache_result::Source as Served;
-use crate::cluster::{Cluster, PeerClient};
+use crate::cluster::Cluster;
 use crate::coalesce::{Inflight, Leave};
 use crate::error::{Error, Origin};
 use crate::metrics::Metrics;
@@ -203,8 +203,8 @@ pub struct Fills {
     store: Arc<dyn ContentStore>,
     /// The shared tier, asked before the upstream.
     shared: Option<SharedStore>,
-    /// The other replicas, and the client to ask the owner of a blob with.
-    cluster: Option<(Cluster, PeerClient)>,
+    /// The other replicas.
+    cluster: Option<Cluster>,
     evictor: Arc<Evictor>,
     health: Arc<StoreHealth>,
     metrics: Arc<Metrics>,
@@ -241,10 +241,6 @@ impl Fills {
     /// These fills, asking the shared tier and then the blob's owner replica before the
     /// upstream.
     pub fn with_sources(self, shared: Option<SharedStore>, cluster: Option<Cluster>) -> Fills {
-        let cluster = cluster.map(|c| {
-            let client = PeerClient::new(c.peer_timeout());
-            (c, client)
-        });
         Fills {
             shared,
             cluster,
