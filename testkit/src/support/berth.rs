@@ -29,6 +29,8 @@ pub struct BerthConfig {
     pub log_format: String,
     /// `[server.tls]`: berth listens on HTTPS only.
     pub tls: Option<TlsFiles>,
+    /// Listen on this port (chosen by the test, e.g. so peers can name it) instead of a free one.
+    pub port: Option<u16>,
 }
 
 /// The certificate files of an HTTPS listener, and the CA that readiness probes trust.
@@ -49,7 +51,14 @@ impl BerthConfig {
             metrics: false,
             log_format: "json".to_string(),
             tls: None,
+            port: None,
         }
+    }
+
+    /// Listen on `port` (see [`support::free_port`](super::free_port)).
+    pub fn port(mut self, port: u16) -> BerthConfig {
+        self.port = Some(port);
+        self
     }
 
     /// No `[upstreams.hub]`: the test writes every upstream (one `default = true`) in `extra`.
@@ -120,7 +129,7 @@ impl Berth {
         };
         // A free port can be taken by a parallel test between probe and bind: retry.
         for attempt in 1..=5 {
-            berth.port = free_port();
+            berth.port = berth.config.port.unwrap_or_else(free_port);
             berth.metrics_port = berth.config.metrics.then(free_port);
             berth.write_config();
             match berth.spawn() {

@@ -1,0 +1,165 @@
+//! End to end, "one cluster": three berth replicas (the real binary) on loopback, listed as
+//! each other's `[cluster]` peers and sharing one `[storage.s3]` bucket on a real
+//! S3-compatible store (SeaweedFS's `weed mini`), in front of a real `docker-registry` whose
+//! access log counts what reaches the upstream. 30 concurrent skopeo pulls of one multi-layer
+//! image spread over the three replicas fetch each blob from the upstream exactly once; a
+//! fourth replica with an empty disk then serves the image with no upstream request at all;
+//! with the object store stopped, cached pulls are still served and a new image still fills
+//! from the upstream.
+
+use berth_testkit::support;
+
+use std::path::PathBuf;
+
+use support::berth::{Berth, BerthConfig};
+use support::image::{self, Format, Image};
+use support::registry::Registry;
+use support::seaweed::SeaweedFs;
+use support::skopeo::{assert_dir_has_image, skopeo_copy};
+
+const KIB: usize = 1024;
+const REPO: &str = "team/app";
+const TAG: &str = "v1";
+
+struct World {
+    registry: Registry,
+    weed: SeaweedFs,
+    secret: tempfile::NamedTempFile,
+    ports: Vec<u16>,
+    scratch: tempfile::TempDir,
+}
+
+impl World {
+    fn start(replicas: usize) -> World {
+        let secret = tempfile::NamedTempFile::new().expect("create the cluster secret");
+        std::fs::write(secret.path(), "e2e-cluster-secret-0123456789abcdef").expect("write the cluster secret");
+        World {
+            registry: Registry::start(),
+            weed: SeaweedFs::start(),
+            secret,
+            ports: (0..replicas).map(|_| support::free_port()).collect(),
+            scratch: tempfile::Builder::new()
+                .prefix("berth-e2e-cluster-")
+                .tempdir()
+                .expect("create the scratch dir"),
+        }
+    }
+
+    /// Replica on `port`, a member of the cluster of every port in `self.ports`.
+    fn replica(&self, port: u16) -> Berth {
+        let peers: Vec<String> = self.ports.iter().map(|p| format!("\"http://127.0.0.1:{p}\"")).collect();
+        let w = &self.weed;
+        let extra = format!(
+            "[storage.s3]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key_file = {:?}\n\
+             allow_http = true\ntimeout = \"3s\"\n\n\
+             [cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\n",
+            w.endpoint(),
+            w.bucket(),
+            w.access_key(),
+            w.secret_key_file(),
+            peers.join(", "),
+            self.secret.path()
+        );
+        Berth::start_with(
+            BerthConfig::new(&self.registry.url())
+                .port(port)
+                .metrics()
+                .extra(&extra),
+        )
+    }
+
+    fn out(&self, label: &str) -> PathBuf {
+        self.scratch.path().join(label)
+    }
+
+    /// Upstream requests for the repository (the harness's pushes and probes excluded).
+    fn upstream_requests(&self) -> usize {
+        self.registry
+            .requests_excluding_probes()
+            .iter()
+            .filter(|l| l.user_agent != "berth-e2e" && l.path.starts_with(&format!("/v2/{REPO}/")))
+            .count()
+    }
+}
+
+/// `skopeo copy` of `reference` from `replica`, checked against `image`.
+fn pull(w: &World, replica: &Berth, image: &Image, tag: &str, label: &str) {
+    let dest = w.out(label);
+    let reference = format!("{}/{REPO}:{tag}", replica.addr());
+    skopeo_copy(&reference, &dest, &[]).assert_success(&format!("{label}: skopeo copy {reference}"));
+    assert_dir_has_image(&dest, image);
+}
+
+#[test]
+fn thirty_pulls_over_three_replicas_fetch_each_blob_once_and_a_fourth_replica_needs_no_upstream() {
+    let mut w = World::start(3);
+    let mut rng = fastrand::Rng::new();
+    let image = Image::generate(&mut rng, Format::Oci, "amd64", &[3072 * KIB, 1024 * KIB, 256 * KIB]);
+    image::push_image(&w.registry.addr(), REPO, TAG, &image);
+    let replicas: Vec<Berth> = w.ports.iter().map(|p| w.replica(*p)).collect();
+
+    std::thread::scope(|s| {
+        for i in 0..30 {
+            let (w, replica, image) = (&w, &replicas[i % 3], &image);
+            s.spawn(move || pull(w, replica, image, TAG, &format!("cold-{i}")));
+        }
+    });
+    for blob in image.blobs() {
+        let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
+        assert_eq!(
+            w.registry.count("GET", &path),
+            1,
+            "one upstream GET of {} for 30 pulls over three replicas\n{}",
+            blob.digest,
+            w.registry.access_log_text()
+        );
+    }
+    let manifest_gets = w.registry.count("GET", &format!("/v2/{REPO}/manifests/"));
+    assert!(
+        (1..=3).contains(&manifest_gets),
+        "manifests are fetched at most once per replica ({manifest_gets})"
+    );
+
+    // Everything reaches the bucket in the background; then a new replica with an empty disk
+    // needs no upstream request for the whole image.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wanted: Vec<String> = image
+        .blobs()
+        .iter()
+        .map(|b| b.digest.trim_start_matches("sha256:").to_string())
+        .chain([image.manifest.digest.trim_start_matches("sha256:").to_string()])
+        .collect();
+    loop {
+        let keys = w.weed.keys();
+        if wanted.iter().all(|hex| keys.iter().any(|k| k.ends_with(hex.as_str())))
+            && keys.iter().any(|k| k.contains("/_tags/"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image never reached the bucket: {keys:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = w.upstream_requests();
+    let fourth_port = support::free_port();
+    w.ports.push(fourth_port);
+    let fourth = w.replica(fourth_port);
+    pull(&w, &fourth, &image, TAG, "fourth");
+    assert_eq!(
+        w.upstream_requests(),
+        before,
+        "a replica with an empty disk serves the image from the shared tier\n{}",
+        w.registry.access_log_text()
+    );
+
+    // The object store stops: cached pulls go on, and a new image fills from the upstream.
+    w.weed.stop();
+    pull(&w, &replicas[0], &image, TAG, "store-down-cached");
+    assert_eq!(w.upstream_requests(), before, "a cached pull needs no upstream");
+    let second = Image::generate(&mut rng, Format::DockerV2, "amd64", &[512 * KIB]);
+    image::push_image(&w.registry.addr(), REPO, "v2", &second);
+    pull(&w, &replicas[1], &second, "v2", "store-down-new");
+    drop(fourth);
+}
