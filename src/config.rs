@@ -285,6 +285,17 @@ pub struct S3Config {
     /// Longest wait for one object-store request (an unreachable store costs at most this).
     #[serde(default = "default_s3_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Most bytes of content the shared tier may hold (`"1TiB"`); least recently used content
+    /// is deleted by one replica at a time. Unset: unbounded (or the bucket's lifecycle rules).
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_size: Option<u64>,
+    /// How often the shared tier is brought back under `max_size`.
+    #[serde(default = "default_s3_eviction_interval", deserialize_with = "duration")]
+    pub eviction_interval: Duration,
+}
+
+fn default_s3_eviction_interval() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `[cluster]`: the replicas that share one shared tier and fetch each blob once between them.

@@ -122,6 +122,7 @@ pub async fn run(
     if let Some(cluster) = &state.cluster {
         state.tasks.spawn(cluster.clone().watch(state.shutdown.clone()));
     }
+    state.tasks.spawn(shared_eviction(state.clone()));
     let check_every = config.storage.eviction_interval.min(STORE_CHECK_EVERY);
     state
         .tasks
@@ -147,6 +148,45 @@ pub async fn run(
 
 /// Every `eviction_interval`: check `min_free_space` (others may fill the disk) and refresh the
 /// storage gauges.
+/// Keep the shared tier under `[storage.s3] max_size`: every `eviction_interval`, on the
+/// cluster's leader only (or the single replica).
+async fn shared_eviction(state: AppState) {
+    let (Some(shared), Some(s3)) = (state.shared.clone(), state.config.storage.s3.clone()) else {
+        return;
+    };
+    let Some(max) = s3.max_size else {
+        return;
+    };
+    let target = (max as f64 * state.config.storage.target_ratio) as u64;
+    let mut tick = tokio::time::interval(s3.eviction_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let leads = state.cluster.as_ref().is_none_or(|c| c.is_leader());
+        if !leads || !shared.is_available() {
+            continue;
+        }
+        match shared.evict(max, target).await {
+            Ok(pass) if pass.objects > 0 => {
+                state.metrics.record_eviction("shared_size", pass.objects, pass.bytes);
+                tracing::info!(
+                    objects = pass.objects,
+                    bytes = pass.bytes,
+                    held = pass.held,
+                    max,
+                    "shared tier evicted least recently used content"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = shared.noted("write", "eviction", Err::<(), _>(e));
+            }
+        }
+    }
+}
+
 async fn storage_pass(state: AppState) {
     let mut tick = tokio::time::interval(state.config.storage.eviction_interval);
     loop {

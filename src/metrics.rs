@@ -118,7 +118,7 @@ const CONTENT_KINDS: [&str; 2] = ["manifest", "blob"];
 const REQUEST_KINDS: [&str; 5] = ["manifest", "blob", "tag_list", "token", "other"];
 
 /// Every `reason` of the eviction counters.
-const EVICTION_REASONS: [&str; 2] = ["size", "free_space"];
+const EVICTION_REASONS: [&str; 3] = ["size", "free_space", "shared_size"];
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -114,10 +114,12 @@ fn thirty_pulls_over_three_replicas_fetch_each_blob_once_and_a_fourth_replica_ne
             w.registry.access_log_text()
         );
     }
+    // Manifests are not coordinated across replicas (yet): at most one GET by tag and one by
+    // digest (a shared tag record whose manifest is still uploading) per replica.
     let manifest_gets = w.registry.count("GET", &format!("/v2/{REPO}/manifests/"));
     assert!(
-        (1..=3).contains(&manifest_gets),
-        "manifests are fetched at most once per replica ({manifest_gets})"
+        (1..=6).contains(&manifest_gets),
+        "manifests are fetched at most twice per replica ({manifest_gets})"
     );
 
     // Everything reaches the bucket in the background; then a new replica with an empty disk

@@ -257,3 +257,87 @@ async fn a_wrong_secret_or_a_missing_bucket_is_a_clear_error_at_start_and_in_che
         .expect_err("serve refuses a missing bucket")
         .contains("does not exist"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_tier_stays_under_max_size_evicting_the_least_recently_used_and_tags_heal() {
+    let weed = start_weed().await;
+    let fake = FakeRegistry::start().await;
+    let (manifest_digest, manifest) = fake.image(REPO, "v1", OCI_MANIFEST, &[]);
+    let blobs: Vec<(String, Bytes)> = (0..3)
+        .map(|i| {
+            let b = random_bytes(300_000 + i);
+            (fake.put_blob(b.clone()), b)
+        })
+        .collect();
+    // 700 KiB cap, evicting down to 90%: the ~900 KB below must lose about 300 KB.
+    let s3 = format!(
+        "{}max_size = \"700KiB\"\neviction_interval = \"100ms\"\n",
+        s3_config(&weed)
+    );
+    let a = TestProxy::start(&fake.url(), &s3).await;
+
+    // The manifest and blobs 0 and 1 are stored (600 KB: under the cap); a second later blob 0
+    // is used again, then blob 2 is stored (900 KB: over it). S3 times have one-second
+    // resolution, hence the pause: it orders the two groups, it measures nothing.
+    let accept = [("accept", OCI_MANIFEST)];
+    assert_eq!(
+        get(&a.url(&format!("/v2/{REPO}/manifests/v1")), &accept).await.status,
+        200
+    );
+    wait_for_object(&weed, &blob_key(&manifest_digest), &manifest).await;
+    for (d, bytes) in &blobs[..2] {
+        get_blob(&a, d).await;
+        wait_for_object(&weed, &blob_key(d), bytes).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    get_blob(&a, &blobs[0].0).await;
+    let used0 = format!("cluster-a/used/sha256/{}", blobs[0].0.trim_start_matches("sha256:"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weed.object(&used0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "blob 0's use was never recorded: {:?}",
+            weed.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    get_blob(&a, &blobs[2].0).await;
+    // The least recently used go first: the manifest and blob 1; blob 0 (used) and blob 2 stay.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weed.object(&blob_key(&blobs[1].0)).is_some() {
+        assert!(Instant::now() < deadline, "nothing was evicted: {:?}", weed.keys());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        weed.object(&blob_key(&manifest_digest)).is_none(),
+        "the manifest went first"
+    );
+    assert_eq!(
+        weed.object(&blob_key(&blobs[0].0)).as_deref(),
+        Some(&blobs[0].1[..]),
+        "recently used: kept"
+    );
+    assert_eq!(
+        weed.object(&blob_key(&blobs[2].0)).as_deref(),
+        Some(&blobs[2].1[..]),
+        "newest: kept"
+    );
+    assert_eq!(
+        a.metric("berth_evictions_total{reason=\"shared_size\"}").await,
+        Some(2.0)
+    );
+
+    // A replica with an empty disk finds the tag record but not its manifest: it heals from
+    // the upstream instead of failing.
+    let manifest_gets = fake.hits("GET", &format!("/v2/{REPO}/manifests/v1"));
+    let b = TestProxy::start(&fake.url(), &s3_config(&weed)).await;
+    let r = get(&b.url(&format!("/v2/{REPO}/manifests/v1")), &accept).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.clone().unwrap(), manifest);
+    assert!(
+        fake.hits("GET", &format!("/v2/{REPO}/manifests/v1")) + fake.hits("HEAD", &format!("/v2/{REPO}/manifests/v1"))
+            > manifest_gets,
+        "the lost manifest was fetched again"
+    );
+}

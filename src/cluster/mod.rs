@@ -111,6 +111,13 @@ impl Cluster {
         (*owner != self.inner.me).then(|| owner.clone())
     }
 
+    /// Whether this replica leads cluster-wide chores (the shared tier's eviction): it owns a
+    /// fixed key, so exactly one live replica does, without an election.
+    pub fn is_leader(&self) -> bool {
+        self.owner(&Digest::of(crate::oci::Algorithm::Sha256, b"berth cluster leader"))
+            .is_none()
+    }
+
     /// A blob fill the owner answered in full.
     pub fn record_ok(&self) {
         self.inner.metrics.record_peer_request("ok");

@@ -173,7 +173,11 @@ async fn receive_shared(
             }
         }
     }
-    Ok((t.sent == size).then_some(Received::All))
+    if t.sent != size {
+        return Ok(None);
+    }
+    shared.mark_used(digest);
+    Ok(Some(Received::All))
 }
 
 /// Stream the blob from the replica that owns it in the cluster, if that is another replica

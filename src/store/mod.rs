@@ -45,7 +45,7 @@ pub use lock::{LockError, StoreLock};
 pub use manifest_types::ManifestTypes;
 pub use pins::{Pin, Pins};
 pub use reader::{read_file, Complete, Follow, CHUNK};
-pub use shared::{CheckError, SharedError, SharedStore};
+pub use shared::{CheckError, SharedError, SharedEviction, SharedStore};
 pub use spool::{Spool, VerifiedSpool};
 pub use tags::{TagEntry, TagKey, TagRecord, TagStore};
 pub use tiered::Tiered;

@@ -3,8 +3,9 @@
 //! [`SharedStore::is_available`]); writes go to the local disk, then to the shared tier in
 //! the background, so a slow or unreachable object store never slows a request. Blob bytes
 //! that only the shared tier holds are not opened here: the blob handler's fill streams them
-//! from the shared tier while writing them locally (`fill`). Deletion, listing and recency
-//! are the local tier's (the shared tier has its own bound).
+//! from the shared tier while writing them locally (`fill`). Content served from either tier
+//! refreshes its recency in the shared tier ([`SharedStore::mark_used`]), which has its own
+//! bound; deletion and listing are the local tier's.
 
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
@@ -69,15 +70,25 @@ impl ContentStore for Tiered {
     }
 
     fn open<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, Option<Blob>> {
-        self.local.open(digest)
+        Box::pin(async move {
+            let blob = self.local.open(digest).await?;
+            if blob.is_some() {
+                self.shared.mark_used(digest);
+            }
+            Ok(blob)
+        })
     }
 
     fn load<'a>(&'a self, digest: &'a Digest, max: u64) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(async move {
-            if let Some(bytes) = self.local.load(digest, max).await? {
-                return Ok(Some(bytes));
+            let bytes = match self.local.load(digest, max).await? {
+                Some(b) => Some(b),
+                None => self.read("load", self.shared.load(digest, max)).await,
+            };
+            if bytes.is_some() {
+                self.shared.mark_used(digest);
             }
-            Ok(self.read("load", self.shared.load(digest, max)).await)
+            Ok(bytes)
         })
     }
 
@@ -127,6 +138,7 @@ impl ContentStore for Tiered {
 
     fn touch(&self, digest: &Digest) {
         ContentStore::touch(&self.local, digest);
+        self.shared.mark_used(digest);
     }
 
     /// The newer of the two records: another replica may have revalidated the tag since.

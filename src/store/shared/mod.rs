@@ -7,7 +7,13 @@
 //! manifests/sha256/<hex>                      media type of content committed as a manifest
 //! tags/<upstream>/<repo>/_tags/<tag>          JSON tag record, replaced by one PUT
 //! links/<upstream>/<repo>/_links/sha256/<hex> empty: the repository holds the digest
+//! used/sha256/<hex>                           empty, rewritten when the content is used
 //! ```
+//! Bound (`max_size`): one replica at a time (the leader, `eviction.rs`) lists the content and
+//! deletes the least recently used until the tier is under its target. Recency is the later
+//! of the upload and the `used/` marker, which a replica rewrites at most once an hour per
+//! digest when it serves that content (locally or from the tier), so content that is hot on
+//! every local disk is not evicted from the shared tier for being unread there.
 //! Invariants, as on the local disk: content becomes visible under its key only when its
 //! upload completes, and berth uploads only content whose digest it verified (an upload that
 //! fails is aborted; incomplete uploads left by a killed process are for the bucket's
@@ -16,6 +22,9 @@
 //! deleted, so it heals from the upstream; a missing object is a miss.
 
 mod connector;
+mod eviction;
+
+pub use eviction::SharedEviction;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -66,6 +75,9 @@ pub enum CheckError {
     Unreachable(String),
 }
 
+/// How often a replica rewrites one digest's `used/` marker at most.
+const MARK_USED_EVERY: Duration = Duration::from_secs(3600);
+
 /// How long the shared tier is left alone after a request to it failed: reads go straight
 /// to the upstream and writes are skipped meanwhile, so an unreachable object store costs one
 /// timeout, not one per request.
@@ -80,6 +92,8 @@ pub struct SharedStore {
     location: String,
     /// Until when (ms since the Unix epoch) the store is treated as unavailable.
     down_until: Arc<AtomicU64>,
+    /// Digests whose `used/` marker this replica rewrote within [`MARK_USED_EVERY`].
+    marked: moka::sync::Cache<Digest, ()>,
     metrics: Arc<Metrics>,
 }
 
@@ -133,6 +147,10 @@ impl SharedStore {
             prefix,
             location,
             down_until: Arc::default(),
+            marked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(MARK_USED_EVERY)
+                .build(),
             metrics,
         })
     }
@@ -179,6 +197,24 @@ impl SharedStore {
 
     fn tag_key(&self, k: &TagKey) -> Path {
         self.key(&format!("tags/{}/{}/_tags/{}", k.upstream, k.repo, k.tag.as_str()))
+    }
+
+    fn used_key(&self, d: &Digest) -> Path {
+        self.key(&format!("used/{}/{}", d.algorithm().as_str(), d.hex()))
+    }
+
+    /// Content `d` was served: refresh its recency in the shared tier (in the background, at
+    /// most once per [`MARK_USED_EVERY`] per replica; skipped while the tier is unavailable).
+    pub fn mark_used(&self, d: &Digest) {
+        if self.marked.contains_key(d) || !self.is_available() {
+            return;
+        }
+        self.marked.insert(d.clone(), ());
+        let (this, d) = (self.clone(), d.clone());
+        tokio::spawn(async move {
+            let res = this.store.put(&this.used_key(&d), PutPayload::default()).await;
+            let _ = this.noted("write", "used marker", res.map(|_| ()).map_err(SharedError::from));
+        });
     }
 
     fn link_key(&self, k: &LinkKey) -> Path {
