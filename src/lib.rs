@@ -18,10 +18,15 @@
 //! manifests/      the manifest service: freshness, revalidation, stale-if-error, flight
 //!                 keys, verification, tag moves, negative cache, memory over the store
 //! referrers/      the referrers API: upstream pages merged and cached, or the fallback tag
-//! fill/           single-flight blob fills streamed to every reader from the temp file
+//! fill/           single-flight blob fills streamed to every reader from the temp file;
+//!                 sources: the shared tier, the owner replica, the upstream
+//! cluster/        replicas: membership (static or DNS), blob ownership (rendezvous
+//!                 hashing), signed peer requests
 //! coalesce.rs     single-flight for manifest fetches and tag revalidations
-//! store/          content-addressed files (cas), index, eviction, tag records, pins
+//! store/          content-addressed files (cas), index, eviction, tag records, pins; the
+//!                 shared tier on S3 (shared/) behind the local disk (tiered.rs)
 //! upstream/       Upstream (client, auth, breaker, requests), UpstreamSet (routing)
+//! dial.rs         the TLS client configuration for upstreams, the object store and peers
 //! cli/            cache stats|ls|rm|pin|unpin, gc, warm
 //! body/           response body type and byte ranges (leaf: imports nothing of the crate)
 //! cache_result.rs CacheResult: how a request was answered (log, metrics, hit ratio)
@@ -30,7 +35,8 @@
 //! metrics.rs      Metrics with its own registry and typed recorders
 //! ```
 //! Dependencies flow one way: `server -> http -> api -> {manifests, fill} -> {store,
-//! upstream} -> oci`; `error`, `metrics`, `body` and `cache_result` are leaves below them
+//! upstream, cluster} -> oci`; `error`, `metrics`, `body`, `dial` and `cache_result` are
+//! leaves below them
 //! (`docs/architecture.md` has the full map).
 //!
 //! # Request flow
@@ -55,6 +61,7 @@ pub mod cli;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;
+pub mod dial;
 pub mod error;
 pub mod fill;
 pub mod http;

@@ -11,8 +11,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use super::{PeerKey, PEER_HEADER};
 
@@ -26,19 +24,7 @@ impl PeerClient {
     /// A client that gives up connecting after `connect_timeout`, trusting the public roots
     /// and the certificates in `ca_pem`.
     pub fn new(connect_timeout: Duration, ca_pem: Option<&[u8]>) -> Result<PeerClient, String> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        for cert in ca_pem.map(CertificateDer::pem_slice_iter).into_iter().flatten() {
-            let cert = cert.map_err(|e| format!("cluster.ca_file: {e}"))?;
-            roots.add(cert).map_err(|e| format!("cluster.ca_file: {e}"))?;
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::dial::client_config(ca_pem, "cluster.ca_file")?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(connect_timeout));

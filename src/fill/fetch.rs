@@ -119,6 +119,36 @@ struct Transfer<'a> {
     reserved: &'a mut Option<u64>,
 }
 
+impl Transfer<'_> {
+    /// Streaming `size` bytes from `source` starts (unless it started already): reserve room
+    /// for them (false when there is none) and tell the readers.
+    async fn start(
+        &mut self,
+        fills: &Fills,
+        fill: &Fill,
+        tx: &watch::Sender<Progress>,
+        size: u64,
+        source: Served,
+    ) -> Result<bool, Error> {
+        if self.started {
+            return Ok(true);
+        }
+        if !reserve(fills, size).await? {
+            return Ok(false);
+        }
+        *self.reserved = Some(size);
+        (self.started, self.total) = (true, Some(size));
+        fill.set_source(source);
+        tx.send_modify(|p| {
+            *p = Progress::Streaming {
+                written: 0,
+                total: Some(size),
+            }
+        });
+        Ok(true)
+    }
+}
+
 /// Stream the shared tier's copy of the blob, if it has one, into the writer. Its reads are
 /// verified: a copy that does not match its digest ends with an error, never a clean end.
 /// `Ok(None)` when there is no shared tier, it is unavailable or has no copy, or its copy
@@ -138,18 +168,9 @@ async fn receive_shared(
     let Ok(Some((size, mut chunks))) = shared.noted("read", "blob", shared.read(digest).await) else {
         return Ok(None);
     };
-    if !reserve(fills, size).await? {
+    if !t.start(fills, fill, tx, size, Served::Shared).await? {
         return Ok(Some(Received::NoRoom));
     }
-    *t.reserved = Some(size);
-    (t.started, t.total) = (true, Some(size));
-    fill.set_source(Served::Shared);
-    tx.send_modify(|p| {
-        *p = Progress::Streaming {
-            written: 0,
-            total: Some(size),
-        }
-    });
     while let Some(chunk) = chunks.recv().await {
         match chunk {
             Ok(data) => {
@@ -210,19 +231,8 @@ async fn receive_peer(
         cluster.mark_down(&owner, "no Content-Length");
         return Ok(None);
     };
-    if !t.started {
-        if !reserve(fills, size).await? {
-            return Ok(Some(Received::NoRoom));
-        }
-        *t.reserved = Some(size);
-        (t.started, t.total) = (true, Some(size));
-        fill.set_source(Served::Peer);
-        tx.send_modify(|p| {
-            *p = Progress::Streaming {
-                written: 0,
-                total: Some(size),
-            }
-        });
+    if !t.start(fills, fill, tx, size, Served::Peer).await? {
+        return Ok(Some(Received::NoRoom));
     }
     let mut body = resp.into_body();
     let broke = loop {

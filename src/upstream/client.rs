@@ -22,8 +22,6 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use super::Error;
 
@@ -113,19 +111,7 @@ impl HttpClient {
         connect_timeout: Duration,
         header_timeout: Duration,
     ) -> Result<HttpClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(pem) = ca_pem {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("ca_file: {e}"))?;
-                roots.add(cert).map_err(|e| format!("ca_file: {e}"))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::dial::client_config(ca_pem, "ca_file")?;
         let mut http = HttpConnector::new_with_resolver(GuardedResolver {
             trusted: trusted.clone(),
         });
