@@ -81,11 +81,6 @@ impl Cluster {
         })
     }
 
-    /// This replica's URL.
-    pub fn me(&self) -> &str {
-        &self.inner.me
-    }
-
     /// The key peer requests are signed and checked with.
     pub fn key(&self) -> &PeerKey {
         &self.inner.key
