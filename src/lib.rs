@@ -121,10 +121,6 @@ pub async fn run(
         }
         None => None,
     };
-    let accept_stop = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, state.clone(), tls, accept_stop.clone()));
-    let metrics_task =
-        metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, state.clone(), accept_stop.clone())));
     state.tasks.spawn(storage_pass(state.clone()));
     if let Some(cluster) = &state.cluster {
         state.tasks.spawn(cluster.clone().watch(state.shutdown.clone()));
@@ -134,7 +130,13 @@ pub async fn run(
     state
         .tasks
         .spawn(state.health.clone().watch(check_every, state.shutdown.clone()));
+    // Ready before the first connection is accepted: a client (or probe) that reaches the
+    // listener never sees a started berth answer "not ready".
     state.ready.store(true, Ordering::Relaxed);
+    let accept_stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, state.clone(), tls, accept_stop.clone()));
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, state.clone(), accept_stop.clone())));
     tracing::info!(upstreams = config.upstreams.len(), store = %config.storage.path.display(), "berth is ready");
 
     shutdown.cancelled().await;

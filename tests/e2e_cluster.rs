@@ -165,3 +165,143 @@ fn thirty_pulls_over_three_replicas_fetch_each_blob_once_and_a_fourth_replica_ne
     pull(&w, &replicas[1], &second, "v2", "store-down-new");
     drop(fourth);
 }
+
+/// The owner of `digest` among `peers` by the documented rule (the highest
+/// `sha256(peer URL, 0, digest hex)`, first 8 bytes big-endian): the test's own oracle.
+fn owner_of(peers: &[String], digest: &str) -> usize {
+    use sha2::{Digest as _, Sha256};
+    let hex = digest.trim_start_matches("sha256:");
+    let score = |p: &String| {
+        let mut h = Sha256::new();
+        h.update(p.as_bytes());
+        h.update([0]);
+        h.update(hex.as_bytes());
+        let out = h.finalize();
+        u64::from_be_bytes(out[..8].try_into().unwrap())
+    };
+    (0..peers.len()).max_by_key(|i| score(&peers[*i])).unwrap()
+}
+
+/// A GET whose body is read as it arrives: the response head and the first body bytes now,
+/// the rest when [`Streaming::finish`] is awaited.
+struct Streaming {
+    stream: tokio::net::TcpStream,
+    body: Vec<u8>,
+    length: usize,
+}
+
+impl Streaming {
+    async fn start(addr: &str, path: &str) -> Streaming {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to berth");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let head_end = loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "berth closed before the response head");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        let mut body = buf[head_end..].to_vec();
+        while body.is_empty() {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "berth closed before the first body byte");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Streaming { stream, body, length }
+    }
+
+    /// The whole body, or `None` if the transfer broke off.
+    async fn finish(mut self) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let _ = self.stream.read_to_end(&mut rest).await;
+        self.body.extend_from_slice(&rest);
+        (self.body.len() == self.length).then_some(self.body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stream_before_the_owner_finishes_and_survive_its_kill() {
+    use berth_testkit::common::{random_bytes, sha256, FakeRegistry};
+    let fake = FakeRegistry::start().await;
+    let blob = random_bytes(8 << 20);
+    let digest = fake.put_blob(blob.clone());
+    // 128 chunks of 64 KiB, 20 ms apart: the owner's fill takes about 2.5 s.
+    fake.set_chunk_delay(std::time::Duration::from_millis(20));
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "e2e-cluster-secret-0123456789abcdef").unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let peers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let upstream = fake.url();
+    let mut replicas: Vec<Berth> = Vec::new();
+    for port in &ports {
+        let extra = format!(
+            "[cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"2s\"\n",
+            peers.join(", "),
+            secret.path()
+        );
+        let cfg = BerthConfig::new(&upstream).port(*port).extra(&extra);
+        replicas.push(
+            tokio::task::spawn_blocking(move || Berth::start_with(cfg))
+                .await
+                .unwrap(),
+        );
+    }
+    let owner = owner_of(&urls, &digest);
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let path = format!("/v2/library/app/blobs/{digest}");
+
+    // Both non-owners' clients get bytes while the upstream is still sending: streamed, not
+    // stored and then served.
+    let mut streams = Vec::new();
+    for i in &others {
+        streams.push(Streaming::start(&replicas[*i].addr(), &path).await);
+    }
+    assert_eq!(
+        fake.blob_bodies_in_flight(),
+        1,
+        "the first bytes arrived before the fill ended"
+    );
+    assert_eq!(fake.hits("GET", &path), 1, "one upstream GET: the owner's");
+
+    // kill -9 the owner mid-fill: the other replicas' clients finish (the rest comes from the
+    // upstream) or see a broken transfer, and a retry succeeds.
+    tokio::task::block_in_place(|| replicas[owner].stop());
+    for (s, i) in streams.into_iter().zip(&others) {
+        let body = match s.finish().await {
+            Some(body) => body,
+            None => {
+                let retry = berth_testkit::common::get(&format!("http://{}{path}", replicas[*i].addr()), &[]).await;
+                assert_eq!(retry.status, 200, "the retry succeeds");
+                retry.body.unwrap().to_vec()
+            }
+        };
+        assert_eq!(sha256(&body), digest, "replica {i} served the verified blob");
+    }
+    // Nothing partial anywhere: each surviving replica holds exactly the verified blob.
+    for i in &others {
+        let r = &replicas[*i];
+        let stored = berth_testkit::common::walk(&r.storage_dir().join("blobs"));
+        assert_eq!(stored.len(), 1, "replica {i} stored the blob once: {stored:?}");
+        assert_eq!(sha256(&std::fs::read(&stored[0]).unwrap()), digest);
+        let partial = berth_testkit::common::walk(&r.storage_dir().join("tmp"));
+        assert!(partial.is_empty(), "no partial file left: {partial:?}");
+    }
+}

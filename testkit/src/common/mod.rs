@@ -260,6 +260,11 @@ impl FakeRegistry {
         self.state.blob_bodies.lock().unwrap().1
     }
 
+    /// Blob bodies being sent right now.
+    pub fn blob_bodies_in_flight(&self) -> usize {
+        self.state.blob_bodies.lock().unwrap().0
+    }
+
     /// All requests so far.
     pub fn total_hits(&self) -> usize {
         self.state.hits.lock().unwrap().values().sum()
