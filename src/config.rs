@@ -289,6 +289,10 @@ pub struct S3Config {
     /// is deleted by one replica at a time. Unset: unbounded (or the bucket's lifecycle rules).
     #[serde(default, deserialize_with = "opt_size")]
     pub max_size: Option<u64>,
+    /// How long the shared tier is left alone after a request to it failed (reads go to the
+    /// upstream, writes are skipped); then it is asked again.
+    #[serde(default = "default_down_for", deserialize_with = "duration")]
+    pub down_for: Duration,
     /// How often the shared tier is brought back under `max_size`.
     #[serde(default = "default_s3_eviction_interval", deserialize_with = "duration")]
     pub eviction_interval: Duration,

@@ -4,7 +4,7 @@
 //! the fake upstream, which counts requests. A replica that misses locally streams what
 //! another replica stored from the shared tier, verified, with no upstream transfer; a
 //! corrupt shared object is never served and heals from the upstream; an unreachable object
-//! store costs neither a failed pull nor more than its timeout.
+//! store costs neither a failed pull nor more than its timeout, and is used again once back.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ const REPO: &str = "library/app";
 fn s3_config(weed: &SeaweedFs) -> String {
     format!(
         "[storage.s3]\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"cluster-a\"\naccess_key_id = \"{}\"\n\
-         secret_access_key_file = {:?}\nallow_http = true\ntimeout = \"2s\"\n",
+         secret_access_key_file = {:?}\nallow_http = true\ntimeout = \"2s\"\ndown_for = \"500ms\"\n",
         weed.endpoint(),
         weed.bucket(),
         weed.access_key(),
@@ -190,6 +190,14 @@ async fn pulls_go_on_from_the_local_tier_and_the_upstream_while_the_object_store
     assert!(errors >= 1.0, "the failure is counted ({errors})");
     let r = get(&proxy.url("/readyz"), &[]).await;
     assert_eq!(r.status, 200, "an object-store outage does not make berth unready");
+
+    // The store comes back: after `down_for` berth uses it again, without a restart.
+    tokio::task::block_in_place(|| weed.restart());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let third_bytes = random_bytes(100_002);
+    let third = fake.put_blob(third_bytes.clone());
+    get_blob(&proxy, &third).await;
+    wait_for_object(&weed, &blob_key(&third), &third_bytes).await;
 }
 
 /// `berth check-config` and `berth serve` against the object store with a config written

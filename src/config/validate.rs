@@ -213,8 +213,8 @@ fn validate_s3(s3: &crate::config::S3Config, err: &mut impl FnMut(String)) {
             err(format!("storage.s3.secret_access_key_file {}: {e}", file.display()));
         }
     }
-    if s3.timeout.is_zero() || s3.eviction_interval.is_zero() {
-        err("storage.s3.timeout and eviction_interval must be greater than zero".into());
+    if s3.timeout.is_zero() || s3.eviction_interval.is_zero() || s3.down_for.is_zero() {
+        err("storage.s3.timeout, eviction_interval and down_for must be greater than zero".into());
     }
     if s3.max_size == Some(0) {
         err("storage.s3.max_size must be greater than zero".into());

@@ -78,11 +78,6 @@ pub enum CheckError {
 /// How often a replica rewrites one digest's `used/` marker at most.
 const MARK_USED_EVERY: Duration = Duration::from_secs(3600);
 
-/// How long the shared tier is left alone after a request to it failed: reads go straight
-/// to the upstream and writes are skipped meanwhile, so an unreachable object store costs one
-/// timeout, not one per request.
-const DOWN_FOR: Duration = Duration::from_secs(30);
-
 /// The object store and key layout. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedStore {
@@ -92,6 +87,8 @@ pub struct SharedStore {
     location: String,
     /// Until when (ms since the Unix epoch) the store is treated as unavailable.
     down_until: Arc<AtomicU64>,
+    /// How long the store is left alone after a request to it failed (`down_for`).
+    down_for: Duration,
     /// Digests whose `used/` marker this replica rewrote within [`MARK_USED_EVERY`].
     marked: moka::sync::Cache<Digest, ()>,
     metrics: Arc<Metrics>,
@@ -147,6 +144,7 @@ impl SharedStore {
             prefix,
             location,
             down_until: Arc::default(),
+            down_for: cfg.down_for,
             marked: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(MARK_USED_EVERY)
@@ -155,21 +153,22 @@ impl SharedStore {
         })
     }
 
-    /// Whether the store may be asked now (no failure within [`DOWN_FOR`]).
+    /// Whether the store may be asked now (no failure within `down_for`).
     pub fn is_available(&self) -> bool {
         now_ms() >= self.down_until.load(Ordering::Relaxed)
     }
 
     /// Pass `res` through; a failure is counted (`op`: `read` or `write`), logged, and leaves
-    /// the store alone for [`DOWN_FOR`].
+    /// the store alone for `down_for`: reads go straight to the upstream and writes are
+    /// skipped meanwhile, so an unreachable store costs one timeout, not one per request.
     pub fn noted<T>(&self, op: &str, what: &str, res: Result<T, SharedError>) -> Result<T, SharedError> {
         if let Err(e) = &res {
             self.metrics.record_shared_store_error(op);
             let was_available = self.is_available();
             self.down_until
-                .store(now_ms() + DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+                .store(now_ms() + self.down_for.as_millis() as u64, Ordering::Relaxed);
             if was_available {
-                tracing::warn!(location = %self.location, what, error = %e, "shared tier failed: using the local tier and the upstream for {DOWN_FOR:?}");
+                tracing::warn!(location = %self.location, what, error = %e, "shared tier failed: using the local tier and the upstream for {:?}", self.down_for);
             }
         }
         res
