@@ -1,9 +1,14 @@
 //! The TLS client configuration berth dials out with: upstreams, the shared tier's object
 //! store and cluster peers all trust the same public roots (webpki) plus the extra CA
-//! certificates their config names, with rustls on ring. A leaf: imports nothing of the crate,
-//! does no I/O.
+//! certificates their config names, with rustls on ring; and the plain HTTP/1.1 connector
+//! of the object store's and the peers' clients. A leaf: imports nothing of the crate, does
+//! no I/O.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -25,4 +30,18 @@ pub fn client_config(extra_ca_pem: Option<&[u8]>, what: &str) -> Result<rustls::
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+/// An HTTP/1.1 connector for `http` and `https` URLs over `tls`, with no Nagle delay, that
+/// gives up connecting after `connect_timeout` (the object store's and the peers' clients).
+pub fn https_connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_nodelay(true);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp)
 }

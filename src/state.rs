@@ -87,6 +87,10 @@ impl AppState {
             config.cache.memory_bytes,
             config.cache.negative_ttl,
         );
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::new(c, metrics.clone())?),
+            None => None,
+        };
         let manifests = Manifests::new(
             cache,
             health.clone(),
@@ -94,7 +98,8 @@ impl AppState {
             config.cache.stale_if_error,
             config.cache.revalidate_timeout,
             tasks.clone(),
-        );
+        )
+        .with_cluster(cluster.clone());
         let referrers = Referrers::new(
             manifests.clone(),
             metrics.clone(),
@@ -105,10 +110,6 @@ impl AppState {
         );
         let upstreams = Arc::new(UpstreamSet::from_config(&config, metrics.clone())?);
         let auth = Arc::new(Auth::from_config(&config, metrics.clone())?);
-        let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::new(c, metrics.clone())?),
-            None => None,
-        };
         let fills = Fills::new(
             evictor.clone(),
             store.clone(),

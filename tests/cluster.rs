@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_testkit::common;
 use bytes::Bytes;
-use common::{get, random_bytes, sha256, FakeRegistry, TestProxy};
+use common::{get, random_bytes, sha256, FakeRegistry, TestProxy, OCI_MANIFEST};
 use tokio::net::TcpListener;
 
 const REPO: &str = "library/app";
@@ -21,6 +21,11 @@ struct Cluster {
 
 /// `n` replicas in front of `fake`; the first `dead` peer URLs are listed but never started.
 async fn start_cluster(fake: &FakeRegistry, n: usize, dead: usize) -> Cluster {
+    start_cluster_with(fake, n, dead, "").await
+}
+
+/// [`start_cluster`] with `extra` config (e.g. a `[cache]` table) for every replica.
+async fn start_cluster_with(fake: &FakeRegistry, n: usize, dead: usize, extra: &str) -> Cluster {
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "a-cluster-secret-for-the-tests-0123456789").unwrap();
     let mut listeners = Vec::new();
@@ -37,7 +42,7 @@ async fn start_cluster(fake: &FakeRegistry, n: usize, dead: usize) -> Cluster {
     let mut replicas = Vec::new();
     for listener in live {
         let extra = format!(
-            "[cluster]\nadvertise = \"http://{}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"1s\"\n",
+            "[cluster]\nadvertise = \"http://{}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"1s\"\n{extra}",
             listener.local_addr().unwrap(),
             urls.join(", "),
             secret.path()
@@ -154,4 +159,50 @@ async fn peer_requests_need_the_clusters_signature() {
     let forged = get(&r.url(&path), &[("x-berth-peer", &"00".repeat(32))]).await;
     assert_eq!(forged.status, 403, "a wrong signature is refused");
     assert_eq!(fake.total_hits(), 0, "a refused peer request reaches no upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_is_fetched_and_revalidated_once_for_the_whole_cluster() {
+    let fake = FakeRegistry::start().await;
+    let (digest, manifest) = fake.image(REPO, "v1", OCI_MANIFEST, &[random_bytes(4000)]);
+    let cluster = start_cluster_with(&fake, 3, 0, "[cache]\nmanifest_ttl = \"1s\"\n").await;
+    let by_tag = format!("/v2/{REPO}/manifests/v1");
+    let pull_tag_everywhere = || async {
+        let mut pulls = Vec::new();
+        for r in &cluster.replicas {
+            let url = r.url(&by_tag);
+            pulls.push(tokio::spawn(
+                async move { get(&url, &[("accept", OCI_MANIFEST)]).await },
+            ));
+        }
+        for p in pulls {
+            let reply = p.await.unwrap();
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+        }
+    };
+    pull_tag_everywhere().await;
+    let gets = fake.hits("GET", &by_tag) + fake.hits("GET", &format!("/v2/{REPO}/manifests/{digest}"));
+    assert_eq!(gets, 1, "the tag's owner fetched it for all three replicas");
+    for r in &cluster.replicas {
+        let reply = get(&r.url(&format!("/v2/{REPO}/manifests/{digest}")), &[]).await;
+        assert_eq!(
+            reply.body.unwrap(),
+            manifest,
+            "every replica stored the verified manifest"
+        );
+    }
+    assert_eq!(fake.hits("GET", &format!("/v2/{REPO}/manifests/{digest}")), 0);
+
+    // Past the TTL (every replica kept the owner's confirmation time, so all expire at once):
+    // one HEAD revalidates the tag for the cluster.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    pull_tag_everywhere().await;
+    assert_eq!(fake.hits("HEAD", &by_tag), 1, "one revalidation for three replicas");
+    assert_eq!(fake.hits("GET", &by_tag), 1);
+    let peer = "berth_cache_lookups_total{kind=\"manifest\",result=\"peer\",upstream=\"hub\"}";
+    assert!(
+        cluster.metric_sum(peer).await >= 2.0,
+        "non-owners answered from the owner"
+    );
 }

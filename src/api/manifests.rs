@@ -12,7 +12,7 @@ use super::RequestInfo;
 use crate::body::{self, Body};
 use crate::cache_result::CacheResult;
 use crate::error::{Error, Result};
-use crate::manifests::Manifest;
+use crate::manifests::{Manifest, TagKey};
 use crate::oci::{Reference, RepoName};
 use crate::state::AppState;
 use crate::upstream::Upstream;
@@ -46,6 +46,32 @@ pub async fn get(
         .admit_manifest(&up, &repo, &reference, &m, CacheResult::Miss)
         .await?;
     Ok(respond(&m, req.is_head, CacheResult::Miss))
+}
+
+/// Another replica asks this one, the owner, for a manifest: resolved here (never forwarded),
+/// with the tag's confirmation time so the asking replica's record expires with this one's.
+pub async fn peer_get(
+    state: &AppState,
+    up: Arc<Upstream>,
+    repo: RepoName,
+    reference: Reference,
+) -> Result<Response<Body>> {
+    let manifests = state.manifests.without_forwarding();
+    let (m, result) = manifests.resolve(&up, &repo, &reference).await?;
+    let mut resp = respond(&m, false, result);
+    if let Reference::Tag(tag) = &reference {
+        let key = TagKey {
+            upstream: up.name().to_string(),
+            repo,
+            tag: tag.clone(),
+        };
+        if let Some(at) = manifests.checked_at(&key).await {
+            let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            resp.headers_mut()
+                .insert(crate::cluster::CHECKED_AT_HEADER, HeaderValue::from(secs));
+        }
+    }
+    Ok(resp)
 }
 
 fn respond(m: &Manifest, is_head: bool, result: CacheResult) -> Response<Body> {

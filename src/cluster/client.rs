@@ -25,15 +25,7 @@ impl PeerClient {
     /// and the certificates in `ca_pem`.
     pub fn new(connect_timeout: Duration, ca_pem: Option<&[u8]>) -> Result<PeerClient, String> {
         let tls = crate::dial::client_config(ca_pem, "cluster.ca_file")?;
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let https = crate::dial::https_connector(tls, connect_timeout);
         Ok(PeerClient {
             inner: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))

@@ -5,15 +5,19 @@
 //! fill and streams it; an owner that fails is marked down for `down_for`, and the next
 //! replica in rendezvous order owns its digests meanwhile. Membership is the static `peers`
 //! list or the addresses `peers_dns` resolves to, re-resolved every `refresh_interval`.
-//! Peer requests carry an HMAC of their path under the shared secret (`auth.rs`). No request
-//! handling here: this owns the membership, the ownership rule and the peer signatures.
+//! Manifests by digest and tags are owned the same way (a tag by the hash of its name), so
+//! one replica fetches a manifest and revalidates a tag for the whole cluster. Peer requests
+//! carry an HMAC of their path under the shared secret (`auth.rs`). No request handling here:
+//! this owns the membership, the ownership rule, the peer signatures and the peer client.
 
 mod auth;
 mod client;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_body_util::BodyExt;
 
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +27,8 @@ use client::PeerClient;
 
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, RepoName, MAX_MANIFEST_BYTES};
+use crate::upstream::FetchedManifest;
 
 /// Where peer requests go: `/_berth/peer/<upstream>/<repo>/blobs/<digest>`.
 pub const PEER_PREFIX: &str = "/_berth/peer/";
@@ -31,6 +36,23 @@ pub const PEER_PREFIX: &str = "/_berth/peer/";
 /// The peer path for a blob of `repo` on upstream `upstream`.
 pub fn blob_path(upstream: &str, repo: &RepoName, digest: &Digest) -> String {
     format!("{PEER_PREFIX}{upstream}/{repo}/blobs/{digest}")
+}
+
+/// The peer path for the manifest `reference` (tag or digest) of `repo` on `upstream`.
+pub fn manifest_path(upstream: &str, repo: &RepoName, reference: &str) -> String {
+    format!("{PEER_PREFIX}{upstream}/{repo}/manifests/{reference}")
+}
+
+/// The header an owner answers a tag with: when the upstream last confirmed it (Unix
+/// seconds), so every replica's record expires when the owner's does.
+pub const CHECKED_AT_HEADER: &str = "x-berth-checked-at";
+
+/// The key a tag is owned by (rendezvous hashing works on digests).
+pub fn tag_key(upstream: &str, repo: &RepoName, tag: &str) -> Digest {
+    Digest::of(
+        crate::oci::Algorithm::Sha256,
+        format!("{upstream}/{repo}:{tag}").as_bytes(),
+    )
 }
 
 /// The cluster as this replica sees it. Cheap to clone.
@@ -104,6 +126,43 @@ impl Cluster {
             .filter(|p| **p == self.inner.me || down.get(*p).is_none_or(|until| *until <= now))
             .max_by_key(|p| score(p, digest))?;
         (*owner != self.inner.me).then(|| owner.clone())
+    }
+
+    /// The manifest at `path` from `peer` (an owner): its bytes, `Content-Type` and
+    /// `Docker-Content-Digest` (for the caller to verify, never to trust), and for a tag when
+    /// the owner last confirmed it. A failure marks the peer down.
+    pub async fn fetch_manifest(&self, peer: &str, path: &str) -> Option<(FetchedManifest, Option<SystemTime>)> {
+        let got = async {
+            let resp = self.get(peer, path).await?;
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let (content_type, digest) = (header("content-type"), header("docker-content-digest"));
+            let checked_at = header(CHECKED_AT_HEADER)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            let limited = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST_BYTES);
+            let bytes = limited.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let fetched = FetchedManifest {
+                bytes,
+                content_type,
+                digest,
+            };
+            Ok::<_, String>((fetched, checked_at))
+        };
+        match got.await {
+            Ok(m) => {
+                self.record_ok();
+                Some(m)
+            }
+            Err(e) => {
+                self.mark_down(peer, &e);
+                None
+            }
+        }
     }
 
     /// Whether this replica leads cluster-wide chores (the shared tier's eviction): it owns a

@@ -151,19 +151,16 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         Ok(Route::Live | Route::Ready) => "probe",
         Ok(Route::Token) => "token",
         Ok(Route::PeerBlob(..)) => "peer_blob",
+        Ok(Route::PeerManifest(..)) => "peer_manifest",
         _ => "other",
     };
     state.metrics.http_inflight.inc();
     // Set by `dispatch` once the request names an upstream (for the log and the status page).
     let upstream = OnceLock::new();
     let result = match route {
-        Ok(Route::PeerBlob(up, name, digest)) => {
-            let peer = PeerRequest {
-                path: &path,
-                signature: peer_signature.as_deref(),
-                upstream: &up,
-            };
-            peer_blob(&state, peer, name, digest, info.clone(), &upstream).await
+        Ok(r @ (Route::PeerBlob(..) | Route::PeerManifest(..))) => {
+            let signed = (path.as_str(), peer_signature.as_deref());
+            peer(&state, r, signed, info.clone(), &upstream).await
         }
         Ok(r) => dispatch(&state, r, &query, &info, &presented, &caller, &upstream).await,
         Err(e) => Err(e),
@@ -266,8 +263,8 @@ async fn dispatch(
             };
             api::tags::get(&up, listing, &query.passthrough, info.is_head).await
         }
-        // Answered by `peer_blob`: it is checked against the cluster's key, not client auth.
-        Route::PeerBlob(..) => Err(Error::NotFound),
+        // Answered by `peer`: checked against the cluster's key, not client auth.
+        Route::PeerBlob(..) | Route::PeerManifest(..) => Err(Error::NotFound),
         Route::Referrers(name, subject) => {
             let (up, repo) = resolve(name).await?;
             api::referrers::get(state, info, &up, &repo, &subject, &query.passthrough).await
@@ -275,37 +272,41 @@ async fn dispatch(
     }
 }
 
-/// A peer request's path, signature and upstream name.
-struct PeerRequest<'a> {
-    path: &'a str,
-    signature: Option<&'a str>,
-    upstream: &'a str,
-}
-
-/// Another replica asks this one, the owner, for a blob: checked against the cluster's key
-/// (not client auth: the asking replica authorized its client), then answered like a client's
-/// request whose fill never forwards.
-async fn peer_blob(
+/// Another replica asks this one, the owner, for a blob or a manifest: checked against the
+/// cluster's key (`signed`: the path and its signature; not client auth, the asking replica
+/// authorized its client), then answered like a client's request but never forwarded again.
+async fn peer(
     state: &AppState,
-    peer: PeerRequest<'_>,
-    name: RepoName,
-    digest: crate::oci::Digest,
+    route: Route,
+    signed: (&str, Option<&str>),
     info: RequestInfo,
     upstream: &OnceLock<String>,
 ) -> Result<Response<Body>, Error> {
     let Some(cluster) = &state.cluster else {
         return Err(Error::NotFound);
     };
-    if !peer.signature.is_some_and(|s| cluster.key().verify(peer.path, s)) {
+    let (path, signature) = signed;
+    if !signature.is_some_and(|s| cluster.key().verify(path, s)) {
         return Err(Error::Denied);
     }
-    let up = state.upstreams.by_name(peer.upstream).ok_or(Error::NotFound)?;
-    let _ = upstream.set(up.name().to_string());
-    let info = RequestInfo {
-        from_peer: true,
-        ..info
+    let by_name = |name: &str| {
+        let up = state.upstreams.by_name(name).ok_or(Error::NotFound)?;
+        let _ = upstream.set(up.name().to_string());
+        Ok::<_, Error>(up)
     };
-    api::blobs::get(state, &info, up, name, digest).await
+    match route {
+        Route::PeerBlob(up, name, digest) => {
+            let info = RequestInfo {
+                from_peer: true,
+                ..info
+            };
+            api::blobs::get(state, &info, by_name(&up)?, name, digest).await
+        }
+        Route::PeerManifest(up, name, reference) => {
+            api::manifests::peer_get(state, by_name(&up)?, name, reference).await
+        }
+        _ => Err(Error::NotFound),
+    }
 }
 
 /// `scheme://authority` the client used (for the token realm); `localhost` if it sent none

@@ -33,6 +33,8 @@ pub enum Route {
     /// `GET /_berth/peer/<upstream>/<name>/blobs/<digest>`: another replica asks the owner of
     /// a blob for it (signed; see `crate::cluster`).
     PeerBlob(String, RepoName, Digest),
+    /// `GET /_berth/peer/<upstream>/<name>/manifests/<reference>`: the same for a manifest.
+    PeerManifest(String, RepoName, Reference),
 }
 
 /// The query parameters berth uses.
@@ -60,11 +62,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
     }
     if let Some(rest) = path.strip_prefix(crate::cluster::PEER_PREFIX) {
         let (upstream, rest) = rest.split_once('/').ok_or(Error::NotFound)?;
+        if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+            let route = Route::PeerManifest(upstream.to_string(), name.parse()?, reference.parse()?);
+            return only_get(method, route);
+        }
         let (name, digest) = rest.rsplit_once("/blobs/").ok_or(Error::NotFound)?;
-        return only_get(
-            method,
-            Route::PeerBlob(upstream.to_string(), name.parse()?, digest.parse()?),
-        );
+        let route = Route::PeerBlob(upstream.to_string(), name.parse()?, digest.parse()?);
+        return only_get(method, route);
     }
     let rest = match path.strip_prefix("/v2") {
         Some("") | Some("/") => return only_get(method, Route::Base),
@@ -156,6 +160,7 @@ mod tests {
             Ok(Route::Tags(_)) => Ok("tags"),
             Ok(Route::Referrers(..)) => Ok("referrers"),
             Ok(Route::PeerBlob(..)) => Ok("peer-blob"),
+            Ok(Route::PeerManifest(..)) => Ok("peer-manifest"),
             Err(e) => Err(e.status_and_code().1),
         }
     }
@@ -178,6 +183,16 @@ mod tests {
             (M::GET, format!("/_berth/peer/hub/blobs/{D}"), Err("NAME_UNKNOWN")),
             (M::GET, format!("/_berth/peer/hub/Bad/blobs/{D}"), Err("NAME_INVALID")),
             (M::GET, "/_berth/peer/hub".into(), Err("NAME_UNKNOWN")),
+            (
+                M::GET,
+                "/_berth/peer/hub/library/a/manifests/v1".into(),
+                Ok("peer-manifest"),
+            ),
+            (
+                M::GET,
+                format!("/_berth/peer/hub/library/a/manifests/{D}"),
+                Ok("peer-manifest"),
+            ),
             (
                 M::HEAD,
                 format!("/_berth/peer/hub/library/a/blobs/{D}"),

@@ -8,7 +8,10 @@
 //! remembered for `negative_ttl`. Concurrent fetches of one digest and revalidations of one tag
 //! share one upstream exchange (flight keys). Every fetched manifest is verified (`verify.rs`)
 //! before it is stored, and a tag record moves only after the manifest it names is stored: two
-//! separate steps, [`Manifests::store_manifest`] then [`Manifests::move_tag`]. A store write
+//! separate steps, [`Manifests::store_manifest`] then [`Manifests::move_tag`]. In a cluster a
+//! manifest by digest, or a tag, that another replica owns is asked of that replica first
+//! (`result="peer"`): it fetches and revalidates for the whole cluster, and its tag's
+//! confirmation time is kept, so the tag expires everywhere at once. A store write
 //! that fails never fails the request: the verified manifest is served uncached, the old tag
 //! record stays, and the failure goes to [`StoreHealth`]. Stale serves are logged per outage,
 //! not per pull (`stale_log.rs`). The api layer keeps only `Accept` negotiation and headers.
@@ -33,6 +36,7 @@ pub use stale_log::StaleLog;
 pub use verify::verify;
 
 use crate::cache_result::CacheResult;
+use crate::cluster::Cluster;
 use crate::coalesce::SingleFlight;
 use crate::error::{Error, Origin, Result};
 use crate::metrics::Metrics;
@@ -82,6 +86,11 @@ pub struct Manifests {
     stale_if_error: Duration,
     revalidate_timeout: Duration,
     stale_log: Arc<StaleLog>,
+    /// The other replicas: a manifest by digest or a tag that another replica owns is asked
+    /// of it (it fetches and revalidates for the whole cluster) before the upstream.
+    cluster: Option<Cluster>,
+    /// False for a peer's request: the owner answers it itself, never forwarding again.
+    forward: bool,
 }
 
 impl Manifests {
@@ -104,6 +113,50 @@ impl Manifests {
             stale_if_error,
             revalidate_timeout,
             stale_log: Arc::default(),
+            cluster: None,
+            forward: true,
+        }
+    }
+
+    /// This service, asking the owner replica of a manifest or tag in `cluster` first.
+    pub fn with_cluster(self, cluster: Option<Cluster>) -> Manifests {
+        Manifests { cluster, ..self }
+    }
+
+    /// This service for a peer's request: answered here, never forwarded to another replica.
+    pub fn without_forwarding(&self) -> Manifests {
+        Manifests {
+            forward: false,
+            ..self.clone()
+        }
+    }
+
+    /// When the upstream last confirmed the tag `key` (for a peer's request).
+    pub async fn checked_at(&self, key: &TagKey) -> Option<SystemTime> {
+        self.cache.tag(key).await.ok().flatten().map(|r| r.checked_at)
+    }
+
+    /// The manifest `reference` names, from the replica that owns it, if that is another
+    /// replica and it answers (verified; by digest against `expected`); `None` otherwise (the
+    /// owner is then marked down), and the caller asks the upstream.
+    async fn ask_owner(
+        &self,
+        up: &Upstream,
+        repo: &RepoName,
+        reference: &str,
+        owner_key: &Digest,
+        expected: Option<&Digest>,
+    ) -> Option<(Arc<Manifest>, Option<SystemTime>)> {
+        let cluster = self.cluster.as_ref().filter(|_| self.forward)?;
+        let owner = cluster.owner(owner_key)?;
+        let path = crate::cluster::manifest_path(up.name(), repo, reference);
+        let (fetched, checked_at) = cluster.fetch_manifest(&owner, &path).await?;
+        match verify(up.name(), reference, fetched, expected) {
+            Ok(m) => Some((Arc::new(m), checked_at)),
+            Err(e) => {
+                cluster.mark_down(&owner, &e.to_string());
+                None
+            }
         }
     }
 
@@ -186,6 +239,10 @@ impl Manifests {
         let key = FlightKey::Digest(up.name().to_string(), d.clone());
         let (this, up2, repo2, d2) = (self.clone(), up.clone(), repo.clone(), d.clone());
         let work = async move {
+            if let Some((m, _)) = this.ask_owner(&up2, &repo2, &d2.to_string(), &d2, Some(&d2)).await {
+                this.store_manifest(&m).await;
+                return Ok((m, CacheResult::Peer));
+            }
             let fetched = up2.fetch_manifest(&repo2, &d2.to_string(), &all_types()).await;
             let fetched = fetched.map_err(|e| Error::from_upstream(up2.name(), &repo2, e))?;
             let fetched = fetched.ok_or_else(|| Error::ManifestUnknown(d2.to_string()))?;
@@ -257,6 +314,13 @@ impl Manifests {
             _ => Err(e),
         };
         let upstream_err = |e| Error::from_upstream(up.name(), &key.repo, e);
+        let owner_key = crate::cluster::tag_key(up.name(), &key.repo, key.tag.as_str());
+        if let Some((m, checked_at)) = self.ask_owner(&up, &key.repo, key.tag.as_str(), &owner_key, None).await {
+            self.store_manifest(&m).await;
+            // The owner's confirmation time: every replica's record expires with the owner's.
+            self.move_tag(&key, &m, checked_at.unwrap_or(now)).await;
+            return Ok((m, CacheResult::Peer));
+        }
         if let Some(r) = &rec {
             match up.head_manifest(&key.repo, key.tag.as_str(), &all_types()).await {
                 Ok(None) => return self.missing(&key).await,

@@ -30,15 +30,7 @@ impl HttpConnector for HyperConnector {
             store: "S3",
             source: e.into(),
         })?;
-        let mut tcp = TcpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(self.connect_timeout));
-        tcp.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let https = crate::dial::https_connector(tls, self.connect_timeout);
         let inner: Inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(https);
