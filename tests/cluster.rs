@@ -42,7 +42,7 @@ async fn start_cluster_with(fake: &FakeRegistry, n: usize, dead: usize, extra: &
     let mut replicas = Vec::new();
     for listener in live {
         let extra = format!(
-            "[cluster]\nadvertise = \"http://{}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"1s\"\n{extra}",
+            "[cluster]\nadvertise = \"http://{}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"10s\"\n{extra}",
             listener.local_addr().unwrap(),
             urls.join(", "),
             secret.path()

@@ -4,7 +4,8 @@
 //! access log counts what reaches the upstream. 30 concurrent skopeo pulls of one multi-layer
 //! image spread over the three replicas fetch the manifest and each blob from the upstream
 //! exactly once; a
-//! fourth replica with an empty disk then serves the image with no upstream request at all;
+//! fourth replica with an empty disk then serves the image with no upstream request at all,
+//! and so do the three once their disks are wiped and they are restarted;
 //! with the object store stopped, cached pulls are still served and a new image still fills
 //! from the upstream.
 
@@ -46,14 +47,17 @@ impl World {
         }
     }
 
-    /// Replica on `port`, a member of the cluster of every port in `self.ports`.
+    /// Replica on `port`, a member of the cluster of every port in `self.ports`. The peer
+    /// timeout is generous: a busy owner on a loaded 2-core machine may take seconds to answer,
+    /// and these tests check deduplication, not the fallback (tests/cluster.rs does that).
     fn replica(&self, port: u16) -> Berth {
         let peers: Vec<String> = self.ports.iter().map(|p| format!("\"http://127.0.0.1:{p}\"")).collect();
         let w = &self.weed;
         let extra = format!(
             "[storage.s3]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key_file = {:?}\n\
              allow_http = true\ntimeout = \"3s\"\n\n\
-             [cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\n",
+             [cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\n\
+             peer_timeout = \"10s\"\n",
             w.endpoint(),
             w.bucket(),
             w.access_key(),
@@ -158,6 +162,22 @@ fn thirty_pulls_over_three_replicas_fetch_each_blob_once_and_a_fourth_replica_ne
         w.registry.access_log_text()
     );
 
+    // Every local tier wiped and the replicas restarted: the same, from the shared tier.
+    let mut replicas = replicas;
+    for (i, r) in replicas.iter_mut().enumerate() {
+        r.stop();
+        std::fs::remove_dir_all(r.storage_dir()).expect("wipe the local tier");
+        std::fs::create_dir_all(r.storage_dir()).expect("recreate the storage dir");
+        r.restart();
+        pull(&w, r, &image, TAG, &format!("wiped-{i}"));
+    }
+    assert_eq!(
+        w.upstream_requests(),
+        before,
+        "replicas restarted on empty disks serve the image from the shared tier\n{}",
+        w.registry.access_log_text()
+    );
+
     // The object store stops: cached pulls go on, and a new image fills from the upstream.
     w.weed.stop();
     pull(&w, &replicas[0], &image, TAG, "store-down-cached");
@@ -255,7 +275,7 @@ async fn clients_stream_before_the_owner_finishes_and_survive_its_kill() {
     let mut replicas: Vec<Berth> = Vec::new();
     for port in &ports {
         let extra = format!(
-            "[cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"2s\"\n",
+            "[cluster]\nadvertise = \"http://127.0.0.1:{port}\"\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"10s\"\n",
             peers.join(", "),
             secret.path()
         );
