@@ -693,7 +693,8 @@ stop_server berth
 #    scripts/test.sh into target/test-tools). Cold: CLUSTER_CLIENTS clients spread over the
 #    replicas vs the same number on one replica (upstream GETs, wall time). Shared-tier hit:
 #    a replica with an empty disk reads a blob only the bucket holds, vs its own local hit
-#    next, vs distribution's proxy serving the same blob from its storage.s3 on that store.
+#    next, vs distribution's proxy serving the same blob from its storage.s3 on that store
+#    (AWS_CA_BUNDLE, which some machines set, makes distribution 2.8's S3 driver panic: unset).
 # ---------------------------------------------------------------------------------------------
 WEED=${BENCH_WEED:-$ROOT/target/test-tools/bin/weed}
 CLUSTER_CLIENTS=${BENCH_CLUSTER_CLIENTS:-24}
@@ -812,7 +813,7 @@ http: {addr: "127.0.0.1:$pp"}
 health: {storagedriver: {enabled: false}}
 proxy: {remoteurl: "$UP"}
 EOF
-    start_bg proxys3 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY docker-registry serve "$W/proxy-s3.yml"
+    start_bg proxys3 env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_CA_BUNDLE docker-registry serve "$W/proxy-s3.yml"
     if wait_ready proxys3 "${PIDS[proxys3]}" "http://127.0.0.1:$pp/v2/"; then
         read -r c s _ _ <<<"$(fetch "http://127.0.0.1:$pp/v2/$REPO/blobs/sha256:$hex_c")"
         wait_upstream_quiet
