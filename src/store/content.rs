@@ -1,7 +1,8 @@
 //! The storage seam: what berth needs from a place that holds verified content, as the
-//! [`ContentStore`] trait. The local disk ([`BlobStore`](super::BlobStore)) implements it; a
-//! shared object store (S3 through `object_store`, issue 12) can implement it too, behind the
-//! local disk as a second tier. Callers never see paths or file handles.
+//! [`ContentStore`] trait. The local disk ([`BlobStore`](super::BlobStore)) implements it, and
+//! [`Tiered`](super::Tiered) implements it with the shared tier (an S3-compatible bucket
+//! through `object_store`, `shared/`) behind the local disk. Callers never see paths or file
+//! handles.
 //!
 //! What a backend must guarantee:
 //! - Only verified content is visible: an object appears under its digest only through
