@@ -158,6 +158,23 @@ if cfg:
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     check("storage.path is mounted", cfg["storage"]["path"] in mounts)
     vols = {v["name"]: v for v in podspec.get("volumes", [])}
+
+    def secret_volume(f):
+        """The Secret volume of which file `f` is a key, mounted as a directory (a subPath
+        mount never sees an update), or None."""
+        d, name = os.path.split(f)
+        m = mounts.get(d)
+        v = vols.get(m["name"]) if m else None
+        ok = v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", []))
+        return v if ok else None
+
+    def stand_in(f, content):
+        """Write `content` where `berth check-config` finds mounted file `f`; that path."""
+        p = f.replace("/etc/berth/", secrets_root + "/")
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        open(p, "w").write(content)
+        return p
+
     datavol = mounts.get(cfg["storage"]["path"], {}).get("name")
     vct = [t["metadata"]["name"] for t in wl["spec"].get("volumeClaimTemplates", [])]
     check("cache volume is defined", datavol in vols or datavol in vct)
@@ -201,10 +218,8 @@ if cfg:
         f = (tls or {}).get(key)
         if not f:
             continue
-        d, name = os.path.split(f)
-        m = mounts.get(d)
-        v = vols.get(m["name"]) if m else None
-        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        v = secret_volume(f)
+        ok = v is not None
         check(f"server.tls.{key} is a key of a Secret mounted as a directory", ok, f)
     # auth files: keys of Secret volumes mounted as directories (an htpasswd update must reach
     # berth, which re-reads it)
@@ -213,10 +228,8 @@ if cfg:
         f = auth.get(key)
         if not f:
             continue
-        d, name = os.path.split(f)
-        m = mounts.get(d)
-        v = vols.get(m["name"]) if m else None
-        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        v = secret_volume(f)
+        ok = v is not None
         check(f"auth.{key} is a key of a Secret mounted as a directory", ok, f)
     # write a copy for `berth check-config`, with secrets redirected to stand-in files
     out = os.path.join(secrets_root, "config.toml")
@@ -241,14 +254,10 @@ if cfg:
             open(p, "w").write("stand-in\n")
     if auth.get("htpasswd"):
         # a real bcrypt entry stands in for the users (berth reads the file)
-        p = auth["htpasswd"].replace("/etc/berth/", secrets_root + "/")
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        open(p, "w").write("ci:$2y$04$7us0KYWmz7JXsBbExJ08kui1vN5VfzRpk4a.JhQgJNaUc4gsADQfm\n")
+        p = stand_in(auth["htpasswd"], "ci:$2y$04$7us0KYWmz7JXsBbExJ08kui1vN5VfzRpk4a.JhQgJNaUc4gsADQfm\n")
         text2 = text2.replace(auth["htpasswd"], p)
     if auth.get("token_key_file"):
-        p = auth["token_key_file"].replace("/etc/berth/", secrets_root + "/")
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        open(p, "w").write("stand-in-signing-key-of-at-least-32-bytes\n")
+        p = stand_in(auth["token_key_file"], "stand-in-signing-key-of-at-least-32-bytes\n")
         text2 = text2.replace(auth["token_key_file"], p)
     # [storage.s3]: the secret key is a key of a Secret mounted as a directory, and the key id
     # comes with it (config or BERTH_STORAGE__S3__ACCESS_KEY_ID from the same Secret)
@@ -258,18 +267,13 @@ if cfg:
         check("storage.s3 names a bucket", s3.get("bucket"))
         f = s3.get("secret_access_key_file")
         if f:
-            d, name = os.path.split(f)
-            m = mounts.get(d)
-            v = vols.get(m["name"]) if m else None
-            ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+            v = secret_volume(f)
+            ok = v is not None
             check("storage.s3.secret_access_key_file is a key of a Secret mounted as a directory", ok, f)
             kid = envs_by_name.get("BERTH_STORAGE__S3__ACCESS_KEY_ID", {}).get("valueFrom", {}).get("secretKeyRef", {})
             check("storage.s3 access key id from the same Secret (BERTH_STORAGE__S3__ACCESS_KEY_ID)",
                   "access_key_id" in s3 or (kid and kid.get("name") == (v or {}).get("secret", {}).get("secretName")), str(kid))
-            p = f.replace("/etc/berth/", secrets_root + "/")
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            open(p, "w").write("stand-in-secret-access-key\n")
-            text2 = text2.replace(f, p)
+            text2 = text2.replace(f, stand_in(f, "stand-in-secret-access-key\n"))
         else:
             check("storage.s3 without a key file has no access_key_id either", "access_key_id" not in s3)
     # [cluster]: the secret mounted from a Secret, peers_dns = the headless peers Service,
@@ -277,15 +281,10 @@ if cfg:
     cl = cfg.get("cluster")
     if cl is not None:
         f = cl.get("secret_file", "")
-        d, name = os.path.split(f)
-        m = mounts.get(d)
-        v = vols.get(m["name"]) if m else None
-        ok = bool(v and "secret" in v and "subPath" not in m and any(i["path"] == name for i in v["secret"].get("items", [])))
+        v = secret_volume(f)
+        ok = v is not None
         check("cluster.secret_file is a key of a Secret mounted as a directory", ok, f)
-        p = f.replace("/etc/berth/", secrets_root + "/")
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        open(p, "w").write("stand-in-cluster-secret-of-32-bytes\n")
-        text2 = text2.replace(f, p)
+        text2 = text2.replace(f, stand_in(f, "stand-in-cluster-secret-of-32-bytes\n"))
         host, _, pport = cl.get("peers_dns", "").rpartition(":")
         svcname, _, rest = host.partition(".")
         ns = wl["metadata"].get("namespace")
