@@ -3,17 +3,11 @@
 //! or between keep-alive requests). A request counts as in flight from the moment hyper hands
 //! it to the service until its response body is finished or dropped. No I/O here.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use crate::body::Body;
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -72,7 +66,8 @@ impl Activity {
     }
 }
 
-/// One request in flight; dropping it (with the response body) may make the connection idle.
+/// One request in flight; dropping it (with the response body's access log, `http/mod.rs`)
+/// may make the connection idle.
 #[derive(Debug)]
 pub struct Busy {
     state: Arc<watch::Sender<State>>,
@@ -86,37 +81,6 @@ impl Drop for Busy {
                 s.idle_since = Instant::now();
             }
         });
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is finished or
-/// dropped.
-pub struct BusyBody {
-    inner: Body,
-    _busy: Busy,
-}
-
-impl BusyBody {
-    /// `inner`, counted as in flight by `busy`.
-    pub fn new(inner: Body, busy: Busy) -> BusyBody {
-        BusyBody { inner, _busy: busy }
-    }
-}
-
-impl http_body::Body for BusyBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The hyper service: parse the route, resolve the upstream, call the api handler, turn errors
 //! into OCI responses, add the common headers, and write one access-log line (and the request
-//! metrics) when the response body finishes or is dropped.
+//! metrics, and the end of the request's in-flight count on its connection) when the response
+//! body finishes or is dropped.
 
 pub mod idle;
 pub mod route;
@@ -20,7 +21,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use self::idle::{Activity, BusyBody};
+use self::idle::{Activity, Busy};
 use self::route::{Query, Route};
 use crate::api::{self, RequestInfo};
 use crate::auth::{Caller, Identity, Presented};
@@ -103,18 +104,13 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
         }
         let (state, conn) = (self.state.clone(), self.conn);
         let busy = self.activity.as_ref().map(Activity::begin);
-        Box::pin(async move {
-            let resp = handle(state, conn, req).await;
-            Ok(match busy {
-                Some(busy) => resp.map(|b| BusyBody::new(b, busy).boxed_unsync()),
-                None => resp,
-            })
-        })
+        Box::pin(async move { Ok(handle(state, conn, req, busy).await) })
     }
 }
 
-/// Answer one request; never fails (errors become OCI responses).
-pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Response<Body> {
+/// Answer one request; never fails (errors become OCI responses). `busy` keeps the request
+/// counted as in flight on its connection until the response body is done or dropped.
+pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>, busy: Option<Busy>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -207,6 +203,7 @@ pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>) -> Resp
         start,
         bytes: 0,
         complete,
+        _busy: busy,
     };
     resp.map(|b| LoggedBody { inner: b, log }.boxed_unsync())
 }
@@ -348,6 +345,8 @@ struct AccessLog {
     start: Instant,
     bytes: u64,
     complete: bool,
+    /// The connection's in-flight count for this request, released with the log line.
+    _busy: Option<Busy>,
 }
 
 impl Drop for AccessLog {
@@ -432,7 +431,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             is_tls: false,
         };
-        let size = std::mem::size_of_val(&handle(state, conn, Request::new(())));
+        let size = std::mem::size_of_val(&handle(state, conn, Request::new(()), None));
         assert!(size <= 16 * 1024, "the request future is {size} bytes");
     }
 }
