@@ -306,6 +306,16 @@ impl Manifests {
         stale: Option<Arc<Manifest>>,
     ) -> Result<Resolved> {
         let now = SystemTime::now();
+        // Another flight for this tag may have ended between the caller's lookup and the start
+        // of this one (a slow record read, e.g. from the shared tier, widens that window): its
+        // fresh record answers without asking anyone again.
+        if let Some(r) = self.cache.tag(&key).await? {
+            if freshness(r.checked_at, now, up.manifest_ttl(), self.stale_if_error) == Freshness::Fresh {
+                if let Some(m) = self.cache.load_tagged(&r).await? {
+                    return Ok((m, CacheResult::Hit));
+                }
+            }
+        }
         let serve_stale = |e: Error| match &stale {
             Some(m) if e.origin() == Origin::Upstream => {
                 self.stale_log.served(up.name(), &e, Instant::now());
