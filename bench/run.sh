@@ -10,7 +10,8 @@
 #   nginx     sendfile on, serving the same blob file from disk (worker_processes 1)
 #
 # Knobs (environment): BENCH_BLOB_MIB=512 BENCH_RUNS=5 BENCH_COLD_RUNS=3 BENCH_CONC="1 8 32"
-#   BENCH_CONC_MIB=64 BENCH_WRK_SECS=10 BENCH_RSS_CLIENTS=32 BENCH_DEADLINE=840 (seconds)
+#   BENCH_CONC_MIB=64 BENCH_WRK_SECS=10 BENCH_RSS_CLIENTS=32 BENCH_SMALL_ROUNDS=2
+#   BENCH_LOAD_CONNS=1000 BENCH_LOAD_SECS=15 BENCH_DEADLINE=900 (seconds)
 #   BENCH_KEEP=1 keeps the temp dir.
 set -uo pipefail
 
@@ -26,7 +27,10 @@ CONC_LIST=${BENCH_CONC:-"1 8 32"}
 CONC_MIB=${BENCH_CONC_MIB:-64}
 WRK_SECS=${BENCH_WRK_SECS:-10}
 RSS_CLIENTS=${BENCH_RSS_CLIENTS:-32}
-DEADLINE=${BENCH_DEADLINE:-840}
+SMALL_ROUNDS=${BENCH_SMALL_ROUNDS:-2}
+LOAD_CONNS=${BENCH_LOAD_CONNS:-1000}
+LOAD_SECS=${BENCH_LOAD_SECS:-15}
+DEADLINE=${BENCH_DEADLINE:-900}
 
 REPO=library/bench
 OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
@@ -293,7 +297,8 @@ start_nginx() {
     local p="$W/nginx"
     mkdir -p "$p/logs" "$p/tmp" "$p/www"
     ln -f "$BLOB_FILE" "$p/www/blob" 2>/dev/null || cp "$BLOB_FILE" "$p/www/blob"
-    chmod 755 "$p" "$p/www" "$W/data"; chmod 644 "$p/www/blob"
+    ln -f "$SMALL_FILE" "$p/www/small" 2>/dev/null || cp "$SMALL_FILE" "$p/www/small"
+    chmod 755 "$p" "$p/www" "$W/data"; chmod 644 "$p/www/blob" "$p/www/small"
     local user=""
     [[ $(id -u) -eq 0 ]] && user="user root;"
     cat >"$p/nginx.conf" <<EOF
@@ -303,6 +308,7 @@ daemon off;
 pid $p/nginx.pid;
 error_log $p/logs/error.log warn;
 events { worker_connections 256; }
+worker_rlimit_nofile 4096;
 http {
     access_log off;
     sendfile on;
@@ -387,6 +393,32 @@ berth_metric() { # name [label-regex]
         END { printf "%.0f\n", s }'
 }
 
+# wrk --latency output -> raw lines <prefix>.rps|p50_ms|p99_ms|bps|requests|non2xx|socket_errors
+wrk_record() { # prefix wrk-output-file
+    awk -v n="$1" '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return v + 0
+        }
+        function bytes(v) {
+            if (v ~ /GB$/) { sub(/GB$/, "", v); return v * 1073741824 }
+            if (v ~ /MB$/) { sub(/MB$/, "", v); return v * 1048576 }
+            if (v ~ /KB$/) { sub(/KB$/, "", v); return v * 1024 }
+            sub(/B$/, "", v); return v + 0
+        }
+        $1 == "Requests/sec:" { print n ".rps\t" $2 }
+        $1 == "Transfer/sec:" { printf "%s.bps\t%.0f\n", n, bytes($2) }
+        $1 == "50%" { print n ".p50_ms\t" ms($2) }
+        $1 == "99%" { print n ".p99_ms\t" ms($2) }
+        /Non-2xx or 3xx responses:/ { print n ".non2xx\t" $NF }
+        /Socket errors:/ { gsub(",", ""); print n ".socket_errors\t" $4 + $6 + $8 + $10 }
+        $2 == "requests" && $3 == "in" { print n ".requests\t" $1 }
+    ' "$2" >>"$RAW"
+    grep -q "^$1.rps" "$RAW" || note_error "$1 wrk: no result ($(tail -c 300 "$2" | tr '\n' ' '))"
+}
 berth_alive() {
     local pid=${PIDS[berth]:-}
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && return 0
@@ -445,7 +477,37 @@ for n in $CONC_LIST; do
     rm -f "$f"
 done
 
+# A 4 KiB blob (step 8), and the image of step 9: a config and LOAD_LAYERS random layers of
+# LOAD_LAYER_MIB MiB under the tag `load`.
+SMALL_FILE="$W/data/small"
+head -c 4096 /dev/urandom >"$SMALL_FILE"
+SMALL_HEX=$(sha_hex "$SMALL_FILE")
+push_blob "$SMALL_FILE" "$SMALL_HEX" || exit 1
+LOAD_LAYERS=3
+LOAD_LAYER_MIB=3
+load_layers=""
+LOAD_PATHS=("/v2/$REPO/manifests/load")
+for ((i = 1; i <= LOAD_LAYERS; i++)); do
+    f="$W/data/load-$i"
+    head -c $((LOAD_LAYER_MIB * 1024 * 1024)) /dev/urandom >"$f"
+    h=$(sha_hex "$f")
+    push_blob "$f" "$h" || exit 1
+    load_layers+="${load_layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$h\",\"size\":$((LOAD_LAYER_MIB * 1024 * 1024))}"
+    LOAD_PATHS+=("/v2/$REPO/blobs/sha256:$h")
+    rm -f "$f"
+done
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"load":true}}' >"$W/data/load-config.json"
+h=$(sha_hex "$W/data/load-config.json")
+push_blob "$W/data/load-config.json" "$h" || exit 1
+LOAD_PATHS+=("/v2/$REPO/blobs/sha256:$h")
+printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[%s]}' \
+    "$OCI_MANIFEST" "$h" "$(stat -c %s "$W/data/load-config.json")" "$load_layers" >"$W/data/load-manifest.json"
+code=$(curl -s -o "$W/tmp/put.out" -w '%{http_code}' --max-time 30 -X PUT \
+    -H "Content-Type: $OCI_MANIFEST" --data-binary @"$W/data/load-manifest.json" "$UP/v2/$REPO/manifests/load")
+[[ $code == 201 ]] || { note_error "upstream: load manifest PUT returned $code: $(head -c 300 "$W/tmp/put.out")"; exit 1; }
+
 BLOB_PATH="/v2/$REPO/blobs/sha256:$BLOB_HEX"
+SMALL_PATH="/v2/$REPO/blobs/sha256:$SMALL_HEX"
 record meta.blob_bytes "$BLOB_BYTES"
 record meta.conc_blob_bytes "$CONC_BYTES"
 
@@ -556,6 +618,25 @@ read -r pg1 _ _ _ <<<"$(up_tally "$BLOB_HEX")"
 bm1=$(berth_metric berth_upstream_fetched_bytes_total)
 record cached.upstream_gets_during "$((pg1 - pg0))"
 record cached.berth.upstream_metric_bytes_during "$((bm1 - bm0))"
+
+# ---------------------------------------------------------------------------------------------
+# 8. A cached 4 KiB blob under wrk -t2 -c32: berth vs nginx sendfile (one worker) on the same
+#    file. berth fetched it once before (and its body is checked); SMALL_ROUNDS interleaved
+#    rounds of WRK_SECS each.
+# ---------------------------------------------------------------------------------------------
+log "cached 4 KiB blob under wrk -t2 -c32 -d${WRK_SECS}s: berth vs nginx, $SMALL_ROUNDS rounds"
+got=$(curl -s --max-time 10 "$BERTH$SMALL_PATH" | sha256sum | cut -d' ' -f1)
+[[ $got == "$SMALL_HEX" ]] || note_error "berth small blob GET: body sha256 $got != $SMALL_HEX"
+fetch "$NGINX/small" >/dev/null
+declare -A SMALL_URLS=([berth]="$BERTH$SMALL_PATH" [nginx]="$NGINX/small")
+for ((r = 1; r <= SMALL_ROUNDS; r++)); do
+    for srv in berth nginx; do
+        [[ -z ${PIDS[$srv]:-} ]] && continue
+        timeout $((WRK_SECS + 30)) wrk -t2 -c32 -d"${WRK_SECS}s" --latency "${SMALL_URLS[$srv]}" \
+            >"$W/logs/wrk-small-$srv-$r.txt" 2>&1
+        wrk_record "small.$srv" "$W/logs/wrk-small-$srv-$r.txt"
+    done
+done
 stop_server nginx
 
 # ---------------------------------------------------------------------------------------------
@@ -571,22 +652,7 @@ run_wrk() { # name base-url
     fi
     timeout $((WRK_SECS + 30)) wrk -t2 -c32 -d"${WRK_SECS}s" --latency -H "Accept: $OCI_MANIFEST" "$url" \
         >"$W/logs/wrk-$name.txt" 2>&1
-    awk -v n="$name" '
-        function ms(v) {
-            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
-            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
-            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
-            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
-            return v + 0
-        }
-        $1 == "Requests/sec:" { print "manifest." n ".rps\t" $2 }
-        $1 == "50%" { print "manifest." n ".p50_ms\t" ms($2) }
-        $1 == "99%" { print "manifest." n ".p99_ms\t" ms($2) }
-        /Non-2xx or 3xx responses:/ { print "manifest." n ".non2xx\t" $NF }
-        /Socket errors:/ { gsub(",", ""); print "manifest." n ".socket_errors\t" $4 + $6 + $8 + $10 }
-        $2 == "requests" && $3 == "in" { print "manifest." n ".requests\t" $1 }
-    ' "$W/logs/wrk-$name.txt" >>"$RAW"
-    grep -q "manifest.$name.rps" "$RAW" || note_error "$name wrk: no result ($(tail -c 300 "$W/logs/wrk-$name.txt" | tr '\n' ' '))"
+    wrk_record "manifest.$name" "$W/logs/wrk-$name.txt"
 }
 log "manifest GET by tag under wrk -t2 -c32 -d${WRK_SECS}s: berth, proxy, upstream"
 if berth_alive "manifest wrk"; then
@@ -598,6 +664,11 @@ if berth_alive "manifest wrk"; then
 fi
 run_wrk proxy "$PROXY"
 run_wrk upstream "$UP"
+# Step 9's image, cached in berth's store now so step 9's fresh process only serves hits.
+for p in "${LOAD_PATHS[@]}"; do
+    read -r c _ _ _ <<<"$(fetch "$BERTH$p" -H "Accept: $OCI_MANIFEST")"
+    [[ $c == 200 ]] || note_error "berth GET $p (warming step 9): HTTP $c"
+done
 
 # ---------------------------------------------------------------------------------------------
 # 3. N concurrent cold pulls of a fresh CONC_MIB blob: wall time and upstream blob GETs
@@ -687,6 +758,44 @@ else
     note_error "berth did not restart on its warm store for the RSS run"
 fi
 stop_server berth
+
+# ---------------------------------------------------------------------------------------------
+# 9. LOAD_CONNS connections pulling a cached image: wrk -t2 -c$LOAD_CONNS for LOAD_SECS, each
+#    request the next of manifest by tag, 3 layers and config (bench/pull.lua). berth is a
+#    new process on the warm store; its RSS is sampled every second during the load and for
+#    10 s after it ends. The same load against distribution's proxy (filled once first).
+# ---------------------------------------------------------------------------------------------
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+load_run() { # name base-url
+    local name=$1 base=$2 pid=${PIDS[$1]} sampler i
+    record "load.$name.idle_kib" "$(rss_kib "$pid")"
+    ( while kill -0 "$pid" 2>/dev/null; do printf 'load.%s.rss_kib\t%s\n' "$name" "$(rss_kib "$pid")"; sleep 1; done ) >>"$RAW" &
+    sampler=$!
+    timeout $((LOAD_SECS + 60)) wrk -t2 -c"$LOAD_CONNS" -d"${LOAD_SECS}s" --timeout 30s --latency \
+        -H "Accept: $OCI_MANIFEST" -s "$BENCH_DIR/pull.lua" "$base" -- "${LOAD_PATHS[@]}" \
+        >"$W/logs/wrk-load-$name.txt" 2>&1
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+    wrk_record "load.$name" "$W/logs/wrk-load-$name.txt"
+    for ((i = 1; i <= 10; i++)); do
+        sleep 1
+        record "load.$name.after_rss_kib.$i" "$(rss_kib "$pid")"
+    done
+    record "load.$name.hwm_kib" "$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)"
+}
+log "$LOAD_CONNS connections pulling a cached image (manifest + $LOAD_LAYERS x $LOAD_LAYER_MIB MiB + config) for ${LOAD_SECS}s: berth, proxy"
+record load.conns "$LOAD_CONNS"
+if start_berth "$BERTH_STORE"; then
+    load_run berth "$BERTH"
+    berth_alive "after the $LOAD_CONNS-connection load" || true
+    stop_server berth
+else
+    note_error "berth did not restart on its warm store for the load run"
+fi
+if start_proxy; then
+    for p in "${LOAD_PATHS[@]}"; do fetch "$PROXY$p" -H "Accept: $OCI_MANIFEST" >/dev/null; done
+    load_run proxy "$PROXY"
+    stop_server proxy
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 7. Cluster: 3 replicas sharing one S3 bucket (SeaweedFS `weed mini`, installed by
