@@ -382,6 +382,12 @@ pub struct CacheConfig {
     pub referrers_ttl: Duration,
     /// Bytes of manifests kept in memory for the by-tag hot path.
     pub memory_bytes: u64,
+    /// Bytes of small blobs (config blobs, small layers) kept in memory; 0 keeps none.
+    #[serde(deserialize_with = "size")]
+    pub blob_memory_bytes: u64,
+    /// The largest blob kept in memory.
+    #[serde(deserialize_with = "size")]
+    pub blob_memory_max_object: u64,
 }
 
 impl Default for CacheConfig {
@@ -393,6 +399,8 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(30),
             referrers_ttl: Duration::from_secs(60),
             memory_bytes: 64 << 20,
+            blob_memory_bytes: 32 << 20,
+            blob_memory_max_object: 64 << 10,
         }
     }
 }
@@ -590,6 +598,10 @@ fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         Raw::N(n) => Ok(Some(n)),
         Raw::S(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
     }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    opt_size(d).map(Option::unwrap_or_default)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

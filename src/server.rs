@@ -34,6 +34,10 @@ const REFUSED: &[u8] =
 
 /// How long an idle connection told to close may take to do so before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Bytes an HTTP/1 connection buffers, each way: request headers being read, and response
+/// body chunks queued behind a slow socket (hyper's default is about 400 KiB, which a
+/// thousand slow clients would multiply).
+const CONNECTION_BUFFER: usize = 64 << 10;
 
 /// Serve the registry API on `listener` (over TLS when `tls` is set) until `stop` is
 /// cancelled, then drain open connections for at most `drain_timeout`.
@@ -47,6 +51,7 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER)
         .keep_alive(true);
     builder
         .http2()

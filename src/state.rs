@@ -15,7 +15,7 @@ use crate::fill::Fills;
 use crate::manifests::{ManifestCache, Manifests};
 use crate::metrics::Metrics;
 use crate::referrers::Referrers;
-use crate::store::{BlobStore, ContentStore, Evictor, Limits, SharedStore, StoreHealth, Tiered};
+use crate::store::{BlobStore, ContentStore, Evictor, Limits, Memory, SharedStore, StoreHealth, Tiered};
 use crate::upstream::UpstreamSet;
 
 /// Shared handles for request handlers and background tasks.
@@ -28,7 +28,8 @@ pub struct AppState {
     /// Client authentication and access rules.
     pub auth: Arc<Auth>,
     /// Where verified content and tag records are read and committed (the storage seam): the
-    /// local disk, or the local disk in front of the shared tier (`[storage.s3]`).
+    /// local disk, or the local disk in front of the shared tier (`[storage.s3]`), with small
+    /// blobs in memory in front (`[cache] blob_memory_bytes`).
     pub store: Arc<dyn ContentStore>,
     /// The local disk: the local tier, and the spool fills write to and readers tail.
     pub blobs: BlobStore,
@@ -75,9 +76,14 @@ impl AppState {
             Some(s3) => Some(SharedStore::new(s3, metrics.clone())?),
             None => None,
         };
-        let store: Arc<dyn ContentStore> = match &shared {
+        let tiers: Arc<dyn ContentStore> = match &shared {
             Some(shared) => Arc::new(Tiered::new(blobs.clone(), shared.clone(), tasks.clone())),
             None => Arc::new(blobs.clone()),
+        };
+        let c = &config.cache;
+        let store: Arc<dyn ContentStore> = match c.blob_memory_bytes {
+            0 => tiers,
+            n => Arc::new(Memory::new(tiers, n, c.blob_memory_max_object)),
         };
         let health = Arc::new(StoreHealth::new(blobs.clone(), metrics.clone()));
         let shutdown = CancellationToken::new();

@@ -17,9 +17,8 @@ use crate::error::{Error, Result};
 use crate::fill::{Source, Start};
 use crate::oci::{Digest, RepoName};
 use crate::state::AppState;
+use crate::store::Chunks;
 use crate::upstream::{content_length, Upstream};
-
-type Chunks = crate::store::ByteStream;
 
 /// Answer a blob request.
 pub async fn get(
@@ -44,7 +43,7 @@ pub async fn get(
             .map_err(|e| Error::from_upstream(up.name(), &repo, e))?;
         let size = size.ok_or_else(|| Error::BlobUnknown(digest.to_string()))?;
         state.access.record(&up, &repo, [digest.clone()]).await?;
-        return respond(&digest, size, req, CacheResult::Miss, |_, _| unreachable_reader());
+        return respond(&digest, size, req, CacheResult::Miss, |_, _| body::empty());
     }
     match state
         .fills
@@ -67,7 +66,9 @@ pub async fn get(
                 };
                 state.access.after_fill(&up, &repo, &digest, joined).await?;
                 lookup(cache);
-                respond(&digest, size, req, cache, |start, len| fill.read(start, len))
+                respond(&digest, size, req, cache, |start, len| {
+                    body::channel(fill.read(start, len), len)
+                })
             }
             Start::Uncacheable => {
                 lookup(CacheResult::Passthrough);
@@ -84,14 +85,22 @@ async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -
         let Some(size) = state.store.stat(digest).await? else {
             return Ok(None);
         };
-        return respond(digest, Some(size), req, CacheResult::Hit, |_, _| unreachable_reader()).map(Some);
+        return respond(digest, Some(size), req, CacheResult::Hit, |_, _| body::empty()).map(Some);
     }
     let Some(blob) = state.store.open(digest).await? else {
         return Ok(None);
     };
-    respond(digest, Some(blob.size), req, CacheResult::Hit, |start, len| {
-        blob.read(start, len)
-    })
+    respond(
+        digest,
+        Some(blob.size),
+        req,
+        CacheResult::Hit,
+        |start, len| match blob.read(start, len) {
+            Chunks::Whole(bytes) => body::full(bytes),
+            Chunks::File(file) => file.boxed_unsync(),
+            Chunks::Stream(rx) => body::channel(rx, len),
+        },
+    )
     .map(Some)
 }
 
@@ -140,22 +149,20 @@ async fn passthrough(up: &Upstream, repo: &RepoName, digest: &Digest, req: &Requ
         range: None,
         ..req.clone()
     };
-    respond(digest, size, &full, CacheResult::Passthrough, |_, _| rx)
-}
-
-/// HEAD never reads, so its reader is never called; an empty channel keeps the types simple.
-fn unreachable_reader() -> Chunks {
-    mpsc::channel(1).1
+    respond(digest, size, &full, CacheResult::Passthrough, |_, len| {
+        body::channel(rx, len)
+    })
 }
 
 /// Build the 200/206 response (or the 416 error) for a blob of `size` bytes (unknown: the
-/// upstream sent no length; then Range is ignored and the body is sent chunked).
+/// upstream sent no length; then Range is ignored and the body is sent chunked). `make_body`
+/// makes the body of `len` bytes from `start` (not called for HEAD).
 fn respond(
     digest: &Digest,
     size: Option<u64>,
     req: &RequestInfo,
     cache: CacheResult,
-    read: impl FnOnce(u64, Option<u64>) -> Chunks,
+    make_body: impl FnOnce(u64, Option<u64>) -> Body,
 ) -> Result<Response<Body>> {
     let (status, start, len) = match size {
         None => (StatusCode::OK, 0, None),
@@ -168,7 +175,7 @@ fn respond(
     let body = if req.is_head {
         body::empty()
     } else {
-        body::channel(read(start, len), len)
+        make_body(start, len)
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;

@@ -22,6 +22,10 @@ fn minimal_config_gets_defaults() {
     let c = Config::from_toml_str(BASE).unwrap();
     assert_eq!(c.cache.manifest_ttl, Duration::from_secs(600));
     assert_eq!(c.server.listen.port(), 5000);
+    assert_eq!(
+        (c.cache.blob_memory_bytes, c.cache.blob_memory_max_object),
+        (32 << 20, 64 << 10)
+    );
     assert!(errors(&c).is_empty(), "{:?}", errors(&c));
 }
 
@@ -49,6 +53,8 @@ fn config_is_refused_when_it_has_problems() {
             "cannot read password_file",
         ),
         ("[upstreams.x]\nurl = \"https://x.io\"\nfoo = 1\n", "unknown field"),
+        ("[cache]\nblob_memory_max_object = \"17MiB\"\n", "at most 16MiB"),
+        ("[cache]\nblob_memory_bytes = \"lots\"\n", "invalid size"),
     ];
     for (extra, want) in cases {
         let text = format!("{BASE}{extra}");

@@ -9,6 +9,9 @@ use super::{redact_userinfo, AuthConfig, Config, Problem, Severity, USERINFO_HIN
 /// The shortest token-signing key accepted, in bytes.
 pub const MIN_TOKEN_KEY_BYTES: usize = 32;
 
+/// The largest `cache.blob_memory_max_object`.
+const MAX_MEMORY_OBJECT: u64 = 16 << 20;
+
 impl Config {
     /// Every problem in the config, errors and warnings, in a stable order.
     pub fn validate(&self) -> Vec<Problem> {
@@ -116,6 +119,12 @@ impl Config {
         }
         if self.storage.max_size == Some(0) {
             err("storage.max_size must be greater than zero".into());
+        }
+        if self.cache.blob_memory_max_object > MAX_MEMORY_OBJECT {
+            err(format!(
+                "cache.blob_memory_max_object must be at most {}MiB (a blob is read whole into memory)",
+                MAX_MEMORY_OBJECT >> 20
+            ));
         }
         if let Some(s3) = &self.storage.s3 {
             validate_s3(s3, &mut err);

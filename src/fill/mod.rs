@@ -155,7 +155,7 @@ impl Fill {
     /// Call after [`Fill::wait_started`] succeeded.
     pub fn read(&self, start: u64, len: Option<u64>) -> ByteStream {
         match self.file.get() {
-            Some(file) => read_file(file.clone(), start, len, Some(Following(self.progress.clone())), None),
+            Some(file) => read_file(file.clone(), start, len, Following(self.progress.clone())),
             None => {
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.try_send(Err(io::Error::other("the fill has not started")));

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Error, LinkKey, TagEntry, TagKey, TagRecord, VerifiedSpool};
+use super::{Error, FileBody, LinkKey, TagEntry, TagKey, TagRecord, VerifiedSpool};
 use crate::oci::{Digest, MediaType};
 
 /// A stream of body chunks; an `Err` item means the transfer broke (never a clean end).
@@ -37,27 +37,63 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Se
 
 /// Reads byte ranges of one open object.
 pub trait RangeReader: Send {
-    /// Stream `start..start+len` (to the end when `len` is `None`) in chunks.
-    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> ByteStream;
+    /// `start..start+len` (to the end when `len` is `None`), in chunks.
+    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> Chunks;
 }
 
-/// An open committed object: its size and a reader. Holding it keeps the object readable
-/// (and, on the local disk, off the eviction list) until the read ends.
+/// An open committed object: its size and its bytes, in memory or behind a reader. Holding it
+/// keeps the object readable (and, on the local disk, off the eviction list) until the read
+/// ends.
 pub struct Blob {
     /// Size in bytes.
     pub size: u64,
-    reader: Box<dyn RangeReader>,
+    content: Content,
+}
+
+enum Content {
+    Memory(Bytes),
+    Reader(Box<dyn RangeReader>),
+}
+
+/// A byte range of a [`Blob`]: at hand, read as the connection asks, or streamed.
+pub enum Chunks {
+    /// The whole range, already in memory.
+    Whole(Bytes),
+    /// A range of a local file, read chunk by chunk as the response body is written.
+    File(FileBody),
+    /// The range as another task reads it.
+    Stream(ByteStream),
 }
 
 impl Blob {
     /// An open object of `size` bytes read by `reader`.
     pub fn new(size: u64, reader: Box<dyn RangeReader>) -> Blob {
-        Blob { size, reader }
+        Blob {
+            size,
+            content: Content::Reader(reader),
+        }
     }
 
-    /// Stream `start..start+len` (to the end when `len` is `None`).
-    pub fn read(self, start: u64, len: Option<u64>) -> ByteStream {
-        self.reader.read(start, len)
+    /// An object whose verified bytes are in memory.
+    pub fn in_memory(bytes: Bytes) -> Blob {
+        Blob {
+            size: bytes.len() as u64,
+            content: Content::Memory(bytes),
+        }
+    }
+
+    /// `start..start+len` (to the end when `len` is `None`), clamped to the object.
+    pub fn read(self, start: u64, len: Option<u64>) -> Chunks {
+        match self.content {
+            Content::Memory(b) => {
+                let from = usize::try_from(start).unwrap_or(usize::MAX).min(b.len());
+                let to = len.map_or(b.len(), |l| {
+                    usize::try_from(start.saturating_add(l)).unwrap_or(usize::MAX)
+                });
+                Chunks::Whole(b.slice(from..to.clamp(from, b.len())))
+            }
+            Content::Reader(r) => r.read(start, len),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    read_file, Blob, BlobStore, ByteStream, Complete, ContentStore, Error, LinkKey, ObjectInfo, RangeReader, ReadGuard,
-    StoreFuture, TagEntry, TagKey, TagRecord, VerifiedSpool,
+    Blob, BlobStore, Chunks, ContentStore, Error, FileBody, LinkKey, ObjectInfo, RangeReader, ReadGuard, StoreFuture,
+    TagEntry, TagKey, TagRecord, VerifiedSpool,
 };
 use crate::oci::{Digest, MediaType};
 
@@ -22,15 +22,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
         .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
-/// An open committed file.
+/// An open committed file of `size` bytes.
 struct FileReader {
     file: Arc<File>,
+    size: u64,
     guard: ReadGuard,
 }
 
 impl RangeReader for FileReader {
-    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> ByteStream {
-        read_file::<Complete>(self.file, start, len, None, Some(self.guard))
+    fn read(self: Box<Self>, start: u64, len: Option<u64>) -> Chunks {
+        let end = len.map_or(self.size, |l| start.saturating_add(l).min(self.size));
+        Chunks::File(FileBody::new(self.file, start, end, Some(self.guard)))
     }
 }
 
@@ -54,6 +56,7 @@ impl ContentStore for BlobStore {
             Ok(opened.map(|(file, size, guard)| {
                 let reader = FileReader {
                     file: Arc::new(file),
+                    size,
                     guard,
                 };
                 Blob::new(size, Box::new(reader))

@@ -5,7 +5,8 @@
 //! eviction (`index`, `evict`), tag records (`tags`), repository links (`links`), which
 //! objects are manifests (`manifest_types`), pins, the server's lock (`lock`), and whether the
 //! disk can be written now (`health`). With `[storage.s3]` the shared tier (`shared`, an
-//! S3-compatible object store) sits behind the local disk, the two joined by `tiered`.
+//! S3-compatible object store) sits behind the local disk, the two joined by `tiered`; small
+//! blobs are kept in memory in front of either (`memory`).
 //! Layout under the configured root:
 //! ```text
 //! blobs/sha256/ab/abcdef...          verified content, visible only after verify + fsync + rename
@@ -19,6 +20,7 @@
 //! Paths are built only from validated names, tags and digest hex. No network I/O here.
 
 mod atomic;
+mod buffers;
 mod cas;
 mod content;
 mod evict;
@@ -28,6 +30,7 @@ mod links;
 mod local;
 mod lock;
 mod manifest_types;
+mod memory;
 mod pins;
 mod reader;
 mod shared;
@@ -36,15 +39,16 @@ mod tags;
 mod tiered;
 
 pub use cas::BlobStore;
-pub use content::{Blob, ByteStream, ContentStore, ObjectInfo, RangeReader, StoreFuture};
+pub use content::{Blob, ByteStream, Chunks, ContentStore, ObjectInfo, RangeReader, StoreFuture};
 pub use evict::{free_space, EvictReport, Evictor, Limits};
 pub use health::{StoreHealth, PROBE_BYTES};
 pub use index::{Entry, ReadGuard, StoreIndex};
 pub use links::{LinkKey, LinkStore};
 pub use lock::{LockError, StoreLock};
 pub use manifest_types::ManifestTypes;
+pub use memory::Memory;
 pub use pins::{Pin, Pins};
-pub use reader::{read_file, Complete, Follow, CHUNK};
+pub use reader::{read_file, FileBody, Follow, CHUNK};
 pub use shared::{CheckError, SharedError, SharedEviction, SharedStore};
 pub use spool::{Spool, VerifiedSpool};
 pub use tags::{TagEntry, TagKey, TagRecord, TagStore};

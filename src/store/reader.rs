@@ -1,20 +1,64 @@
-//! Streaming a file into a [`ByteStream`] with positional reads of [`CHUNK`] bytes: committed
-//! objects, and spools a fill is still writing (then a [`Follow`] says how far the reader may
-//! go, ends the stream with an error if the fill fails, and holds the final chunk until the
-//! content is verified).
+//! Streaming a file into a [`ByteStream`] with positional reads: committed objects, and spools
+//! a fill is still writing (then a [`Follow`] says how far the reader may go, ends the stream
+//! with an error if the fill fails, and holds the final chunk until the content is verified).
+//!
+//! Memory: every open reader counts in one process-wide number, and a read is sized
+//! [`READ_BUDGET`] divided among the readers open now (between [`MIN_CHUNK`] and [`CHUNK`]), so
+//! a thousand clients hold a few MiB of read buffers in all rather than a thousand times
+//! [`CHUNK`]. A reader sends one chunk ahead of the one its client's connection is writing;
+//! buffers are reused (`buffers`).
+//! Reads come from the page cache on the async thread when the kernel can answer without
+//! waiting (`RWF_NOWAIT`); only a read that would wait for the disk goes to the blocking pool.
 
 use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use rustix::io::{preadv2, Errno, ReadWriteFlags};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::{ByteStream, ReadGuard};
+use super::{buffers, ByteStream, ReadGuard};
 
-/// Bytes per read; a reader holds at most a few of these.
+/// Bytes per read while few readers are open.
 pub const CHUNK: usize = 256 << 10;
+/// The smallest read, however many readers are open.
+pub const MIN_CHUNK: usize = 16 << 10;
+/// Read buffers all open readers share: each read is this divided by the open readers.
+pub const READ_BUDGET: usize = 16 << 20;
+
+/// Bytes a [`FileBody`] hands its connection before it lets other tasks run.
+const YIELD_BYTES: u64 = CHUNK as u64;
+
+/// Readers open now, in the whole process.
+static OPEN_READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One open reader, counted while it lives.
+struct Counted;
+
+impl Counted {
+    fn open() -> Counted {
+        OPEN_READERS.fetch_add(1, Ordering::Relaxed);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        OPEN_READERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The size of the next read: the budget shared among the open readers.
+fn read_size() -> usize {
+    (READ_BUDGET / OPEN_READERS.load(Ordering::Relaxed).max(1)).clamp(MIN_CHUNK, CHUNK)
+}
 
 /// How a reader follows a file that is still being written.
 pub trait Follow: Send + 'static {
@@ -25,67 +69,46 @@ pub trait Follow: Send + 'static {
     fn wait_verified(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// A committed file: everything is there and verified.
-pub struct Complete;
-
-impl Follow for Complete {
-    async fn wait_for(&mut self, _pos: u64) -> io::Result<u64> {
-        Ok(u64::MAX)
-    }
-
-    async fn wait_verified(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Stream `start..start+len` of `file` in [`CHUNK`]s. With `follow`, the file is a spool in
-/// progress: wait for bytes to be written, and end with an error if the writer fails. Stops as
-/// soon as the receiver is dropped (the client went away). `guard` is held until then.
-pub fn read_file<F: Follow>(
-    file: Arc<File>,
-    start: u64,
-    len: Option<u64>,
-    follow: Option<F>,
-    guard: Option<ReadGuard>,
-) -> ByteStream {
-    let (tx, rx) = mpsc::channel(2);
+/// Stream `start..start+len` of `file`, a spool a fill is still writing, in chunks: wait for
+/// bytes to be written, end with an error if the writer fails, and hold the chunk that
+/// completes a known length until the content is verified. Stops as soon as the receiver is
+/// dropped (the client went away).
+pub fn read_file(file: Arc<File>, start: u64, len: Option<u64>, mut follow: impl Follow) -> ByteStream {
+    let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
-        let _guard = guard;
-        let mut follow = follow;
+        let _counted = Counted::open();
         let mut pos = start;
         let end = len.map(|l| start + l);
         loop {
             if end.is_some_and(|e| pos >= e) {
                 return;
             }
-            let available = match follow.as_mut() {
-                None => end.unwrap_or(u64::MAX),
-                Some(f) => match f.wait_for(pos).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                },
+            let available = match follow.wait_for(pos).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
             };
             let limit = end.map_or(available, |e| e.min(available));
             if pos >= limit {
                 return; // the fill is verified and we have everything
             }
-            let n = (limit - pos).min(CHUNK as u64) as usize;
-            let f = file.clone();
-            let chunk = tokio::task::spawn_blocking(move || read_at(&f, pos, n))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-            // The chunk that completes a known-length body is held until the fill is verified:
-            // once the client has every byte it would take the transfer as clean.
+            let n = (limit - pos).min(read_size() as u64) as usize;
+            // Wait for room before reading: the chunk is not held while the client is slow.
+            let Ok(permit) = tx.reserve().await else {
+                return;
+            };
+            let chunk = read_chunk(&file, pos, n).await;
+            // Once the client has every byte it would take the transfer as clean.
             let last = end.is_some_and(|e| pos + n as u64 >= e);
-            let chunk = match (last, follow.as_mut()) {
-                (true, Some(f)) if chunk.is_ok() => f.wait_verified().await.and(chunk),
+            let chunk = match last {
+                true if chunk.is_ok() => follow.wait_verified().await.and(chunk),
                 _ => chunk,
             };
             let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
+            permit.send(chunk);
+            if failed {
                 return;
             }
             pos += n as u64;
@@ -94,19 +117,153 @@ pub fn read_file<F: Follow>(
     rx
 }
 
-/// Read exactly `n` bytes at `pos` into a fresh buffer, without zero-filling it first
-/// (rustix reads into the vector's spare capacity and sets its length).
-fn read_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
-    let mut buf = Vec::with_capacity(n);
-    while buf.len() < n {
-        let at = pos + buf.len() as u64;
-        let got = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+/// `n` bytes at `pos`, in a reused buffer: from the page cache here if the kernel has them all
+/// without waiting, else (or for the rest) on the blocking pool.
+async fn read_chunk(file: &Arc<File>, pos: u64, n: usize) -> io::Result<Bytes> {
+    match read_now(file, pos, n)? {
+        Ok(chunk) => Ok(chunk),
+        Err(rest) => joined(rest.finish(file.clone()).await),
+    }
+}
+
+/// A read the page cache could not answer whole without waiting.
+struct Rest {
+    buf: Vec<u8>,
+    got: usize,
+    pos: u64,
+    n: usize,
+}
+
+impl Rest {
+    /// Read the rest on the blocking pool.
+    fn finish(mut self, file: Arc<File>) -> JoinHandle<io::Result<Bytes>> {
+        tokio::task::spawn_blocking(move || {
+            fill_at(&file, &mut self.buf[..self.n], self.got, self.pos)?;
+            Ok(buffers::frozen(self.buf, self.n))
+        })
+    }
+}
+
+/// `n` bytes at `pos` if the page cache holds them (`RWF_NOWAIT`: never waits for the disk);
+/// else what is left to read.
+fn read_now(file: &File, pos: u64, n: usize) -> io::Result<Result<Bytes, Rest>> {
+    let mut buf = buffers::take(n);
+    let got = match preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf[..n])],
+        pos,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(got) => got,
+        Err(Errno::AGAIN) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match got == n {
+        true => Ok(buffers::frozen(buf, n)),
+        false => Err(Rest { buf, got, pos, n }),
+    })
+}
+
+fn joined(r: Result<io::Result<Bytes>, tokio::task::JoinError>) -> io::Result<Bytes> {
+    r.unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+}
+
+/// `start..end` of a committed file as a response body, read when the connection asks for the
+/// next chunk: no task, no channel, nothing read ahead of the socket. Counted as an open
+/// reader; `guard` is held until it is dropped. A short file ends it with an error.
+pub struct FileBody {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    /// Bytes handed out since this body last let other tasks run.
+    since_yield: u64,
+    pending: Option<JoinHandle<io::Result<Bytes>>>,
+    _guard: Option<ReadGuard>,
+    _counted: Counted,
+}
+
+impl FileBody {
+    /// Bytes `start..end` of `file`.
+    pub fn new(file: Arc<File>, start: u64, end: u64, guard: Option<ReadGuard>) -> FileBody {
+        FileBody {
+            file,
+            pos: start,
+            end,
+            since_yield: 0,
+            pending: None,
+            _guard: guard,
+            _counted: Counted::open(),
+        }
+    }
+
+    fn chunk(&mut self, read: io::Result<Bytes>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        match read {
+            Ok(b) => {
+                self.pos += b.len() as u64;
+                self.since_yield += b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Err(e) => {
+                self.pos = self.end;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = &mut *self;
+        if this.pending.is_none() {
+            if this.pos >= this.end {
+                return Poll::Ready(None);
+            }
+            // A socket with room takes chunk after chunk: step aside now and then, so a
+            // thousand connections share the threads chunk by chunk, not response by response.
+            if this.since_yield >= YIELD_BYTES {
+                this.since_yield = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = (this.end - this.pos).min(read_size() as u64) as usize;
+            match read_now(&this.file, this.pos, n) {
+                Ok(Ok(chunk)) => return this.chunk(Ok(chunk)),
+                Ok(Err(rest)) => this.pending = Some(rest.finish(this.file.clone())),
+                Err(e) => return this.chunk(Err(e)),
+            }
+        }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let read = std::task::ready!(Pin::new(pending).poll(cx));
+        this.pending = None;
+        this.chunk(joined(read))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.pos >= self.end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.end.saturating_sub(self.pos))
+    }
+}
+
+/// Fill `buf[from..]` from `file` at `pos + from` (blocking).
+fn fill_at(file: &File, buf: &mut [u8], from: usize, pos: u64) -> io::Result<()> {
+    let mut done = from;
+    while done < buf.len() {
+        let got = rustix::io::pread(file, &mut buf[done..], pos + done as u64)?;
         if got == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shorter than expected",
             ));
         }
+        done += got;
     }
-    Ok(Bytes::from(buf))
+    Ok(())
 }
