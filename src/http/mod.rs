@@ -45,7 +45,9 @@ pub struct ConnInfo {
 /// The registry API service; one clone per connection.
 #[derive(Clone)]
 pub struct ProxyService {
-    state: AppState,
+    /// Shared by every connection and request: one reference count per request, not a
+    /// clone of every handle in it.
+    state: Arc<AppState>,
     conn: ConnInfo,
     /// The user the connection authenticated as (a verified TLS client certificate); put in
     /// every request's extensions.
@@ -62,7 +64,7 @@ impl ProxyService {
             is_tls: false,
         };
         ProxyService {
-            state,
+            state: Arc::new(state),
             conn,
             identity: None,
             activity: None,
@@ -110,7 +112,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
 
 /// Answer one request; never fails (errors become OCI responses). `busy` keeps the request
 /// counted as in flight on its connection until the response body is done or dropped.
-pub async fn handle<B>(state: AppState, conn: ConnInfo, req: Request<B>, busy: Option<Busy>) -> Response<Body> {
+pub async fn handle<B>(state: Arc<AppState>, conn: ConnInfo, req: Request<B>, busy: Option<Busy>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -431,7 +433,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             is_tls: false,
         };
-        let size = std::mem::size_of_val(&handle(state, conn, Request::new(()), None));
+        let size = std::mem::size_of_val(&handle(Arc::new(state), conn, Request::new(()), None));
         assert!(size <= 16 * 1024, "the request future is {size} bytes");
     }
 }
