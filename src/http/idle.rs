@@ -16,7 +16,7 @@ struct State {
 }
 
 /// The activity of one connection; clones share it. A `watch` channel rather than a lock so
-/// the idle timer wakes up on every change without polling.
+/// the idle timer wakes up when the connection turns idle, without polling.
 #[derive(Debug, Clone)]
 pub struct Activity {
     state: Arc<watch::Sender<State>>,
@@ -38,9 +38,13 @@ impl Activity {
         Activity { state: Arc::new(state) }
     }
 
-    /// A request started; the connection is busy until the returned guard is dropped.
+    /// A request started; the connection is busy until the returned guard is dropped. Wakes
+    /// no one: the idle timer looks again when its deadline comes.
     pub fn begin(&self) -> Busy {
-        self.state.send_modify(|s| s.in_flight += 1);
+        self.state.send_if_modified(|s| {
+            s.in_flight += 1;
+            false
+        });
         Busy {
             state: self.state.clone(),
         }
@@ -59,7 +63,13 @@ impl Activity {
                 continue;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(s.idle_since + timeout) => return,
+                _ = tokio::time::sleep_until(s.idle_since + timeout) => {
+                    // A request that began meanwhile did not wake us: look again.
+                    let now = *rx.borrow();
+                    if now.in_flight == 0 && now.idle_since == s.idle_since {
+                        return;
+                    }
+                }
                 changed = rx.changed() => if changed.is_err() { return },
             }
         }
@@ -75,11 +85,13 @@ pub struct Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.state.send_modify(|s| {
+        // Only the last request's end wakes the idle timer (it may be waiting for it).
+        self.state.send_if_modified(|s| {
             s.in_flight -= 1;
             if s.in_flight == 0 {
                 s.idle_since = Instant::now();
             }
+            s.in_flight == 0
         });
     }
 }
