@@ -14,7 +14,7 @@ const MIN_SHIFT: u32 = 14;
 /// The largest buffer (log2 of its size).
 const MAX_SHIFT: u32 = 18;
 /// Bytes of free buffers kept for reuse, over all sizes.
-pub const KEEP: usize = 16 << 20;
+pub const KEEP: usize = 8 << 20;
 
 /// Free buffers by size, and their total bytes.
 struct Free {

@@ -1,14 +1,16 @@
-//! Streaming a file into a [`ByteStream`] with positional reads: committed objects, and spools
-//! a fill is still writing (then a [`Follow`] says how far the reader may go, ends the stream
-//! with an error if the fill fails, and holds the final chunk until the content is verified).
+//! Reading files for response bodies, with positional reads. A committed file's range is a
+//! [`FileBody`], read when the connection asks for its next chunk (no task, no channel, nothing
+//! read ahead of the socket). A spool a fill is still writing is streamed by a task into a
+//! [`ByteStream`] ([`read_file`]): a [`Follow`] says how far it may go, ends the stream with an
+//! error if the fill fails, and holds the final chunk until the content is verified; it reads
+//! one chunk ahead of the connection.
 //!
 //! Memory: every open reader counts in one process-wide number, and a read is sized
 //! [`READ_BUDGET`] divided among the readers open now (between [`MIN_CHUNK`] and [`CHUNK`]), so
 //! a thousand clients hold a few MiB of read buffers in all rather than a thousand times
-//! [`CHUNK`]. A reader sends one chunk ahead of the one its client's connection is writing;
-//! buffers are reused (`buffers`).
-//! Reads come from the page cache on the async thread when the kernel can answer without
-//! waiting (`RWF_NOWAIT`); only a read that would wait for the disk goes to the blocking pool.
+//! [`CHUNK`]; buffers are reused (`buffers`). Reads come from the page cache on the async
+//! thread when the kernel can answer without waiting (`RWF_NOWAIT`); only a read that would
+//! wait for the disk goes to the blocking pool.
 
 use std::fs::File;
 use std::future::Future;
@@ -266,4 +268,43 @@ fn fill_at(file: &File, buf: &mut [u8], from: usize, pos: u64) -> io::Result<()>
         done += got;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, Arc<File>) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), bytes).unwrap();
+        let file = Arc::new(File::open(tmp.path()).unwrap());
+        (tmp, file)
+    }
+
+    #[tokio::test]
+    async fn a_file_body_is_exactly_its_range_in_several_chunks() {
+        let data: Vec<u8> = (0..(3 * CHUNK + 12_345)).map(|i| (i * 7 % 251) as u8).collect();
+        let (_tmp, file) = file_of(&data);
+        let mut body = FileBody::new(file, 1000, data.len() as u64 - 5, None);
+        assert_eq!(body.size_hint().exact(), Some(data.len() as u64 - 1005));
+        let (mut got, mut frames) = (Vec::new(), 0);
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            frames += 1;
+        }
+        assert_eq!(got, &data[1000..data.len() - 5]);
+        assert!(frames > 3, "read in chunks, not whole: {frames}");
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_range_ends_the_body_with_an_error() {
+        let (_tmp, file) = file_of(&[1u8; 10_000]);
+        let body = FileBody::new(file, 0, 20_000, None);
+        let err = body.collect().await.expect_err("never a clean end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
