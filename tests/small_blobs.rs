@@ -14,17 +14,6 @@ fn blob_path(store: &Path, digest: &str) -> PathBuf {
     store.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
-/// Wait for a fill's commit: it ends after the client has its bytes.
-async fn stored(path: &Path) {
-    for _ in 0..500 {
-        if path.is_file() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{} was not stored", path.display());
-}
-
 /// The same length, one bit flipped: only a hash tells it from the original.
 fn rot(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -41,7 +30,7 @@ async fn a_small_blob_is_served_from_memory_as_the_verified_content() {
     let url = proxy.url(&format!("/v2/library/a/blobs/{d}"));
     // The fill, then the first hit, which reads the stored copy, hashes it and keeps it.
     assert_eq!(get(&url, &[]).await.bytes(), &blob);
-    stored(&blob_path(&proxy.store(), &d)).await;
+    proxy.wait_committed(1).await;
     let r = get(&url, &[]).await;
     assert_eq!((r.status, r.bytes()), (200, &blob));
     // The file changes under the running server: memory still serves the verified bytes.
@@ -71,7 +60,7 @@ async fn a_stored_small_blob_that_no_longer_matches_is_refetched_not_kept() {
     let proxy = TestProxy::start(&fake.url(), "").await;
     let url = proxy.url(&format!("/v2/library/a/blobs/{d}"));
     assert_eq!(get(&url, &[]).await.bytes(), &blob);
-    stored(&blob_path(&proxy.store(), &d)).await;
+    proxy.wait_committed(1).await;
     // Rotten before memory ever read it: the first hit hashes it, removes it and refetches.
     rot(&blob_path(&proxy.store(), &d));
     for _ in 0..3 {
@@ -97,8 +86,7 @@ async fn blobs_above_the_memory_object_limit_are_read_from_the_store() {
     for _ in 0..2 {
         assert_eq!(get(&url(&ds), &[]).await.bytes(), &small);
         assert_eq!(get(&url(&dl), &[]).await.bytes(), &large);
-        stored(&blob_path(&store, &ds)).await;
-        stored(&blob_path(&store, &dl)).await;
+        proxy.wait_committed(2).await;
     }
     // Both files removed under the running server: the small one is still answered from
     // memory; the large one is read from the store, finds no file and is fetched again.

@@ -98,7 +98,6 @@ async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -
         |start, len| match blob.read(start, len) {
             Chunks::Whole(bytes) => body::full(bytes),
             Chunks::File(file) => file.boxed_unsync(),
-            Chunks::Stream(rx) => body::channel(rx, len),
         },
     )
     .map(Some)

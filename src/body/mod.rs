@@ -1,5 +1,6 @@
 //! The response body type and its constructors: whole buffers, nothing, and a channel-fed
-//! stream for file and fill readers; and (`range`) the `Range` header decision. A stream that
+//! stream for fill readers and upstream passthrough (a committed file's body is the store's
+//! `FileBody`); and (`range`) the `Range` header decision. A stream that
 //! yields an `Err` makes hyper abort the response, so a client sees a broken transfer, never a
 //! clean end with wrong bytes. A leaf: it imports nothing from the crate, so `api`, `error`
 //! and `http` may all use it.

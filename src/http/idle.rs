@@ -117,4 +117,24 @@ mod tests {
             "idle time counts from the end of the last request"
         );
     }
+
+    #[tokio::test]
+    async fn a_request_that_begins_while_the_timer_waits_keeps_the_connection_open() {
+        let a = Activity::new();
+        let t = Duration::from_millis(200);
+        let timer = tokio::spawn({
+            let a = a.clone();
+            async move { a.idle_for(t).await }
+        });
+        // The request's start wakes no one: the timer finds it when its deadline comes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let busy = a.begin();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!timer.is_finished(), "busy past the deadline: still open");
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(10), timer)
+            .await
+            .expect("idle once the request is done")
+            .unwrap();
+    }
 }

@@ -1,7 +1,8 @@
 //! The storage seam: what berth needs from a place that holds verified content, as the
-//! [`ContentStore`] trait. The local disk ([`BlobStore`](super::BlobStore)) implements it, and
+//! [`ContentStore`] trait. The local disk ([`BlobStore`](super::BlobStore)) implements it,
 //! [`Tiered`](super::Tiered) implements it with the shared tier (an S3-compatible bucket
-//! through `object_store`, `shared/`) behind the local disk. Callers never see paths or file
+//! through `object_store`, `shared/`) behind the local disk, and [`Memory`](super::Memory)
+//! keeps small blobs in memory in front of either. Callers never see paths or file
 //! handles.
 //!
 //! What a backend must guarantee:
@@ -55,14 +56,12 @@ enum Content {
     Reader(Box<dyn RangeReader>),
 }
 
-/// A byte range of a [`Blob`]: at hand, read as the connection asks, or streamed.
+/// A byte range of a [`Blob`]: at hand, or read as the connection asks.
 pub enum Chunks {
     /// The whole range, already in memory.
     Whole(Bytes),
     /// A range of a local file, read chunk by chunk as the response body is written.
     File(FileBody),
-    /// The range as another task reads it.
-    Stream(ByteStream),
 }
 
 impl Blob {

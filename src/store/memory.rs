@@ -3,12 +3,15 @@
 //! open or a reader task. An object enters memory when it is opened from the store behind
 //! (`open`), after its bytes hashed to its digest here; memory holds verified bytes only, at
 //! most `max_object` bytes each and `capacity` in all (least recently used out first).
-//! Deleting content drops it from memory too. Every other call goes to the store behind
-//! unchanged. What to serve and to whom is decided by the callers, as for any store.
+//! Deleting content through this store drops it from memory too; `berth cache rm` and `gc`,
+//! separate processes, act on the disk only, so a running server keeps answering the small
+//! blobs they removed from memory (the same verified content) until it needs the room or
+//! restarts. Every other call goes to the store behind unchanged. What to serve and to whom is
+//! decided by the callers, as for any store.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::{Blob, Chunks, ContentStore, LinkKey, ObjectInfo, StoreFuture, TagEntry, TagKey, TagRecord, VerifiedSpool};
@@ -43,15 +46,12 @@ impl Memory {
         let bytes = match blob.read(0, Some(size)) {
             Chunks::Whole(b) => b,
             Chunks::File(body) => body.collect().await?.to_bytes(),
-            Chunks::Stream(mut rx) => {
-                let mut buf = BytesMut::with_capacity(size as usize);
-                while let Some(chunk) = rx.recv().await {
-                    buf.extend_from_slice(&chunk?);
-                }
-                buf.freeze()
-            }
         };
-        if bytes.len() as u64 != size || Digest::of(digest.algorithm(), &bytes) != *digest {
+        let (b, algorithm) = (bytes.clone(), digest.algorithm());
+        let hashed = tokio::task::spawn_blocking(move || Digest::of(algorithm, &b))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if bytes.len() as u64 != size || hashed != *digest {
             tracing::warn!(digest = %digest, "stored blob does not match its digest: removed");
             self.inner.delete(digest).await?;
             return Ok(None);
@@ -101,7 +101,12 @@ impl ContentStore for Memory {
 
     fn delete<'a>(&'a self, digest: &'a Digest) -> StoreFuture<'a, ()> {
         self.blobs.invalidate(digest);
-        self.inner.delete(digest)
+        Box::pin(async move {
+            self.inner.delete(digest).await?;
+            // Again: a first read that was hashing the object meanwhile may have kept it.
+            self.blobs.invalidate(digest);
+            Ok(())
+        })
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<ObjectInfo>> {

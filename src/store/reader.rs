@@ -6,9 +6,11 @@
 //! one chunk ahead of the connection.
 //!
 //! Memory: every open reader counts in one process-wide number, and a read is sized
-//! [`READ_BUDGET`] divided among the readers open now (between [`MIN_CHUNK`] and [`CHUNK`]), so
-//! a thousand clients hold a few MiB of read buffers in all rather than a thousand times
-//! [`CHUNK`]; buffers are reused (`buffers`). Reads come from the page cache on the async
+//! [`READ_BUDGET`] divided among the readers open now (a power of two between [`MIN_CHUNK`] and
+//! [`CHUNK`]), so up to a thousand clients share about 16 MiB of read buffers rather than a
+//! thousand times [`CHUNK`] (beyond that, [`MIN_CHUNK`] each); buffers are reused (`buffers`).
+//! The reader count and the buffers' free list are process-wide by nature: they bound the
+//! process's memory, whichever store or request a read serves. Reads come from the page cache on the async
 //! thread when the kernel can answer without waiting (`RWF_NOWAIT`); only a read that would
 //! wait for the disk goes to the blocking pool.
 
@@ -57,9 +59,11 @@ impl Drop for Counted {
     }
 }
 
-/// The size of the next read: the budget shared among the open readers.
+/// The size of the next read: the budget shared among the open readers, rounded down to a
+/// power of two (the sizes `buffers` hands out, so a buffer is never twice its read).
 fn read_size() -> usize {
-    (READ_BUDGET / OPEN_READERS.load(Ordering::Relaxed).max(1)).clamp(MIN_CHUNK, CHUNK)
+    let share = (READ_BUDGET / OPEN_READERS.load(Ordering::Relaxed).max(1)).clamp(MIN_CHUNK, CHUNK);
+    1 << share.ilog2()
 }
 
 /// How a reader follows a file that is still being written.
