@@ -673,33 +673,44 @@ done
 # ---------------------------------------------------------------------------------------------
 # 3. N concurrent cold pulls of a fresh CONC_MIB blob: wall time and upstream blob GETs
 # ---------------------------------------------------------------------------------------------
-conc_pull() { # name base-url n hex
-    local name=$1 base=$2 n=$3 hex=$4 i pids=() t0 t1 g0 g1 b0 b1 m0 m1 ok=0 c s
-    read -r g0 _ b0 _ <<<"$(up_tally "$hex")"
-    [[ $name == berth ]] && m0=$(berth_metric berth_upstream_fetched_bytes_total)
+# N concurrent GETs of one blob, spread round-robin over the base URLs; sets PAR_WALL (seconds
+# until the last one finished) and PAR_OK (how many got HTTP 200 with CONC_BYTES bytes).
+par_get() { # tag hex n base-url...
+    local tag=$1 hex=$2 n=$3 i pids=() t0 t1 c s
+    shift 3
+    local bases=("$@")
     t0=$(now)
-    for ((i = 1; i <= n; i++)); do
+    for ((i = 0; i < n; i++)); do
         curl -s -o /dev/null --max-time "$CURL_MAX" -w '%{http_code} %{size_download}\n' \
-            "$base/v2/$REPO/blobs/sha256:$hex" >"$W/tmp/conc-$name-$n-$i" 2>/dev/null &
+            "${bases[i % ${#bases[@]}]}/v2/$REPO/blobs/sha256:$hex" >"$W/tmp/$tag-$i" 2>/dev/null &
         pids+=($!)
     done
     wait "${pids[@]}"
     t1=$(now)
+    PAR_WALL=$(fsub "$t1" "$t0")
+    PAR_OK=0
+    for ((i = 0; i < n; i++)); do
+        read -r c s <"$W/tmp/$tag-$i"
+        [[ $c == 200 && $s == "$CONC_BYTES" ]] && PAR_OK=$((PAR_OK + 1))
+    done
+}
+
+conc_pull() { # name base-url n hex
+    local name=$1 base=$2 n=$3 hex=$4 g0 g1 b0 b1 m0 m1
+    read -r g0 _ b0 _ <<<"$(up_tally "$hex")"
+    [[ $name == berth ]] && m0=$(berth_metric berth_upstream_fetched_bytes_total)
+    par_get "conc-$name-$n" "$hex" "$n" "$base"
     wait_upstream_quiet
     read -r g1 _ b1 _ <<<"$(up_tally "$hex")"
-    for ((i = 1; i <= n; i++)); do
-        read -r c s <"$W/tmp/conc-$name-$n-$i"
-        [[ $c == 200 && $s == "$CONC_BYTES" ]] && ok=$((ok + 1))
-    done
-    record "conc.$name.$n.wall_s" "$(fsub "$t1" "$t0")"
-    record "conc.$name.$n.ok" "$ok"
+    record "conc.$name.$n.wall_s" "$PAR_WALL"
+    record "conc.$name.$n.ok" "$PAR_OK"
     record "conc.$name.$n.upstream_gets" "$((g1 - g0))"
     record "conc.$name.$n.upstream_log_bytes" "$(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%.0f", a - b }')"
     if [[ $name == berth ]]; then
         m1=$(berth_metric berth_upstream_fetched_bytes_total)
         record "conc.$name.$n.upstream_metric_bytes" "$((m1 - m0))"
     fi
-    [[ $ok == "$n" ]] || note_error "$name $n concurrent cold pulls: only $ok of $n got HTTP 200 with $CONC_BYTES bytes"
+    [[ $PAR_OK == "$n" ]] || note_error "$name $n concurrent cold pulls: only $PAR_OK of $n got HTTP 200 with $CONC_BYTES bytes"
 }
 log "concurrent cold pulls (N = $CONC_LIST) of fresh ${CONC_MIB} MiB blobs"
 for n in $CONC_LIST; do
@@ -869,28 +880,16 @@ EOF
     f="$W/data/cluster-c"; head -c "$CONC_BYTES" /dev/urandom >"$f"; hex_c=$(sha_hex "$f"); push_blob "$f" "$hex_c" || return 1
     f="$W/data/cluster-s"; head -c "$CONC_BYTES" /dev/urandom >"$f"; hex_s=$(sha_hex "$f"); push_blob "$f" "$hex_s" || return 1
     cold_clients() { # label hex base-urls...
-        local label=$1 hex=$2 pids=() t0 t1 g0 g1 ok=0 c s n
+        local label=$1 hex=$2 g0 g1
         shift 2
-        local bases=("$@")
         read -r g0 _ _ _ <<<"$(up_tally "$hex")"
-        t0=$(now)
-        for ((i = 0; i < CLUSTER_CLIENTS; i++)); do
-            curl -s -o /dev/null --max-time "$CURL_MAX" -w '%{http_code} %{size_download}\n' \
-                "${bases[i % ${#bases[@]}]}/v2/$REPO/blobs/sha256:$hex" >"$W/tmp/cl-$label-$i" 2>/dev/null &
-            pids+=($!)
-        done
-        wait "${pids[@]}"
-        t1=$(now)
+        par_get "cl-$label" "$hex" "$CLUSTER_CLIENTS" "$@"
         wait_upstream_quiet
         read -r g1 _ _ _ <<<"$(up_tally "$hex")"
-        for ((i = 0; i < CLUSTER_CLIENTS; i++)); do
-            read -r c s <"$W/tmp/cl-$label-$i"
-            [[ $c == 200 && $s == "$CONC_BYTES" ]] && ok=$((ok + 1))
-        done
-        record "cluster.$label.wall_s" "$(fsub "$t1" "$t0")"
+            record "cluster.$label.wall_s" "$PAR_WALL"
         record "cluster.$label.upstream_gets" "$((g1 - g0))"
-        record "cluster.$label.ok" "$ok"
-        [[ $ok == "$CLUSTER_CLIENTS" ]] || note_error "cluster $label: only $ok of $CLUSTER_CLIENTS clients got the blob"
+        record "cluster.$label.ok" "$PAR_OK"
+        [[ $PAR_OK == "$CLUSTER_CLIENTS" ]] || note_error "cluster $label: only $PAR_OK of $CLUSTER_CLIENTS clients got the blob"
     }
     cold_clients three "$hex_c" "http://127.0.0.1:$r1" "http://127.0.0.1:$r2" "http://127.0.0.1:$r3"
     cold_clients one "$hex_s" "http://127.0.0.1:$r1"
