@@ -13,11 +13,6 @@ use common::*;
 const ACCEPT: (&str, &str) = ("accept", "application/vnd.oci.image.manifest.v1+json");
 const MIB: u64 = 1 << 20;
 
-fn blob_path(store: &Path, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    store.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
 fn content_bytes(store: &Path) -> u64 {
     walk(&store.join("blobs"))
         .iter()

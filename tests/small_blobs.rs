@@ -5,14 +5,9 @@
 
 use berth_testkit::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-fn blob_path(store: &Path, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    store.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
 
 /// The same length, one bit flipped: only a hash tells it from the original.
 fn rot(path: &Path) {

@@ -708,6 +708,12 @@ impl Drop for TestProxy {
     }
 }
 
+/// Where a store under `store` keeps the committed blob `digest` (`sha256:<hex>`).
+pub fn blob_path(store: &std::path::Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    store.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else { return out };
