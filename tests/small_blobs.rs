@@ -63,6 +63,8 @@ async fn a_stored_small_blob_that_no_longer_matches_is_refetched_not_kept() {
         assert_eq!((r.status, r.bytes()), (200, &blob), "never the rotten bytes");
     }
     assert_eq!(fake.hits("GET", &format!("/v2/library/a/blobs/{d}")), 2);
+    // The refetch is committed just after its client has every byte.
+    proxy.wait_committed(1).await;
     assert_eq!(
         std::fs::read(blob_path(&proxy.store(), &d)).unwrap(),
         blob,
