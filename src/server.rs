@@ -1,6 +1,7 @@
 //! The accept loop: TCP -> admission (`max_connections`, `max_connections_per_ip`; a refused
 //! connection gets a prompt 503 and is closed, never left waiting in the backlog) -> optional
-//! TLS (`tls::Acceptor`) -> hyper-util auto connection (HTTP/1.1 and h2) -> `ProxyService`,
+//! TLS (`tls::Acceptor`; plain TCP is `body::sendfile::SendfileTcp`, whose HTTP/1 requests get
+//! its zero-copy sink) -> hyper-util auto connection (HTTP/1.1 and h2) -> `ProxyService`,
 //! with the header-read timeout, closing of connections idle for `idle_timeout` (from accept
 //! until the first request, and between keep-alive requests), and graceful drain on shutdown.
 //! Also the small metrics listener (`/metrics` and the status page on `/`). No request
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use self::limits::Admission;
 use crate::body;
+use crate::body::sendfile::SendfileTcp;
 use crate::http::idle::Activity;
 use crate::http::{ConnInfo, ProxyService};
 use crate::state::AppState;
@@ -52,6 +54,8 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(CONNECTION_BUFFER)
+        // Never `writev(false)` or `pipeline_flush`: zero-copy bodies need hyper to queue body
+        // chunks as they are (see `body::sendfile`).
         .keep_alive(true);
     builder
         .http2()
@@ -98,10 +102,13 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
         connections.spawn(async move {
             let _slot = slot;
             // The handshake runs here, not in the loop: a slow client must not stall accepting.
-            let (io, identity) = match tls {
-                None => (Stream::Plain(stream), None),
+            let (io, identity, sendfile) = match tls {
+                None => {
+                    let (plain, sink) = SendfileTcp::new(stream);
+                    (Stream::Plain(plain), None, Some(sink))
+                }
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(accepted) => accepted,
+                    Ok((io, identity)) => (io, identity, None),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
@@ -115,7 +122,8 @@ pub async fn serve(listener: TcpListener, state: AppState, tls: Option<Arc<Accep
             let service = service
                 .for_connection(conn_info)
                 .with_identity(identity)
-                .with_activity(activity.clone());
+                .with_activity(activity.clone())
+                .with_sendfile(sendfile);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             let grace = tokio::select! {

@@ -97,7 +97,7 @@ async fn serve_committed(state: &AppState, req: &RequestInfo, digest: &Digest) -
         CacheResult::Hit,
         |start, len| match blob.read(start, len) {
             Chunks::Whole(bytes) => body::full(bytes),
-            Chunks::File(file) => file.boxed_unsync(),
+            Chunks::File(file) => file.with_sendfile(req.sendfile.clone()).boxed_unsync(),
         },
     )
     .map(Some)

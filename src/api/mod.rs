@@ -13,6 +13,8 @@ pub mod token;
 
 use http::HeaderValue;
 
+use crate::body::sendfile::Sink;
+
 /// What handlers need to know about the client's request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
@@ -24,6 +26,8 @@ pub struct RequestInfo {
     pub range: Option<String>,
     /// Whether this is another replica's signed peer request (its fills never forward).
     pub from_peer: bool,
+    /// Where a committed file's bytes may go with `sendfile` (plain HTTP/1 connections only).
+    pub sendfile: Option<Sink>,
 }
 
 impl RequestInfo {

@@ -1,11 +1,12 @@
 //! The response body type and its constructors: whole buffers, nothing, and a channel-fed
 //! stream for fill readers and upstream passthrough (a committed file's body is the store's
-//! `FileBody`); and (`range`) the `Range` header decision. A stream that
-//! yields an `Err` makes hyper abort the response, so a client sees a broken transfer, never a
-//! clean end with wrong bytes. A leaf: it imports nothing from the crate, so `api`, `error`
-//! and `http` may all use it.
+//! `FileBody`); (`range`) the `Range` header decision; and (`sendfile`) zero-copy file bodies on
+//! plain HTTP/1 connections. A stream that yields an `Err` makes hyper abort the response, so a
+//! client sees a broken transfer, never a clean end with wrong bytes. A leaf: it imports nothing
+//! from the crate, so `api`, `error`, `http`, `store` and `tls` may all use it.
 
 pub mod range;
+pub mod sendfile;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, RANGE};
 use http::uri::Authority;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
@@ -25,6 +25,7 @@ use self::idle::{Activity, Busy};
 use self::route::{Query, Route};
 use crate::api::{self, RequestInfo};
 use crate::auth::{Caller, Identity, Presented};
+use crate::body::sendfile::Sink;
 use crate::body::{self, Body};
 use crate::cache_result::CacheResult;
 use crate::error::{Error, Origin};
@@ -54,6 +55,8 @@ pub struct ProxyService {
     identity: Option<Identity>,
     /// The connection's activity: each request counts as in flight until its body is done.
     activity: Option<Activity>,
+    /// The connection's zero-copy sink (plain TCP), put in every HTTP/1 request's extensions.
+    sendfile: Option<Sink>,
 }
 
 impl ProxyService {
@@ -68,6 +71,7 @@ impl ProxyService {
             conn,
             identity: None,
             activity: None,
+            sendfile: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl ProxyService {
             conn,
             identity: None,
             activity: None,
+            sendfile: None,
         }
     }
 
@@ -93,6 +98,11 @@ impl ProxyService {
             ..self
         }
     }
+
+    /// This service on a plain TCP connection whose HTTP/1 file bodies may use `sink`.
+    pub fn with_sendfile(self, sendfile: Option<Sink>) -> ProxyService {
+        ProxyService { sendfile, ..self }
+    }
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
@@ -104,6 +114,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
         if let Some(identity) = &self.identity {
             req.extensions_mut().insert(identity.clone());
         }
+        // hyper's HTTP/2 writer copies body bytes into frames: placeholders are HTTP/1 only.
+        if let Some(sink) = self.sendfile.as_ref().filter(|_| req.version() <= Version::HTTP_11) {
+            req.extensions_mut().insert(sink.clone());
+        }
         let (state, conn) = (self.state.clone(), self.conn);
         let busy = self.activity.as_ref().map(Activity::begin);
         Box::pin(async move { Ok(handle(state, conn, req, busy).await) })
@@ -112,7 +126,12 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
 
 /// Answer one request; never fails (errors become OCI responses). `busy` keeps the request
 /// counted as in flight on its connection until the response body is done or dropped.
-pub async fn handle<B>(state: Arc<AppState>, conn: ConnInfo, req: Request<B>, busy: Option<Busy>) -> Response<Body> {
+pub async fn handle<B>(
+    state: Arc<AppState>,
+    conn: ConnInfo,
+    mut req: Request<B>,
+    busy: Option<Busy>,
+) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -126,6 +145,7 @@ pub async fn handle<B>(state: Arc<AppState>, conn: ConnInfo, req: Request<B>, bu
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         from_peer: false,
+        sendfile: req.extensions_mut().remove::<Sink>(),
     };
     let peer_signature = req
         .headers()

@@ -12,7 +12,9 @@
 //! The reader count and the buffers' free list are process-wide by nature: they bound the
 //! process's memory, whichever store or request a read serves. Reads come from the page cache on the async
 //! thread when the kernel can answer without waiting (`RWF_NOWAIT`); only a read that would
-//! wait for the disk goes to the blocking pool.
+//! wait for the disk goes to the blocking pool. On a plain HTTP/1 connection a `FileBody` hands
+//! page-cached ranges to the connection as `sendfile` placeholders (`body::sendfile`) and reads
+//! nothing itself.
 
 use std::fs::File;
 use std::future::Future;
@@ -29,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{buffers, ByteStream, ReadGuard};
+use crate::body::sendfile::{Sink, MAX_SEGMENT};
 
 /// Bytes per read while few readers are open.
 pub const CHUNK: usize = 256 << 10;
@@ -184,6 +187,8 @@ pub struct FileBody {
     /// Bytes handed out since this body last let other tasks run.
     since_yield: u64,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// The connection takes page-cache ranges as placeholders and `sendfile`s them.
+    sendfile: Option<Sink>,
     _guard: Option<ReadGuard>,
     _counted: Counted,
 }
@@ -197,9 +202,15 @@ impl FileBody {
             end,
             since_yield: 0,
             pending: None,
+            sendfile: None,
             _guard: guard,
             _counted: Counted::open(),
         }
+    }
+
+    /// This body on a connection that sends file ranges with `sendfile` (`None`: it does not).
+    pub fn with_sendfile(self, sendfile: Option<Sink>) -> FileBody {
+        FileBody { sendfile, ..self }
     }
 
     fn chunk(&mut self, read: io::Result<Bytes>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
@@ -234,6 +245,15 @@ impl http_body::Body for FileBody {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
+            if let Some(sink) = &this.sendfile {
+                let n = (this.end - this.pos).min(MAX_SEGMENT as u64) as usize;
+                // A range the disk would have to read first is read on the blocking pool
+                // below: `sendfile` would wait for the disk on this thread.
+                if cached(&this.file, this.pos, n) {
+                    let placeholder = sink.placeholder(&this.file, this.pos, n);
+                    return this.chunk(Ok(placeholder));
+                }
+            }
             let n = (this.end - this.pos).min(read_size() as u64) as usize;
             match read_now(&this.file, this.pos, n) {
                 Ok(Ok(chunk)) => return this.chunk(Ok(chunk)),
@@ -256,6 +276,15 @@ impl http_body::Body for FileBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.end.saturating_sub(self.pos))
     }
+}
+
+/// Whether the page cache holds the first and the last byte of `pos..pos+n` (`n` > 0): a
+/// cheap sign that the kernel can send the range without waiting for the disk.
+fn cached(file: &File, pos: u64, n: usize) -> bool {
+    [pos, pos + n as u64 - 1].into_iter().all(|at| {
+        let mut byte = [0u8];
+        preadv2(file, &mut [io::IoSliceMut::new(&mut byte)], at, ReadWriteFlags::NOWAIT) == Ok(1)
+    })
 }
 
 /// Fill `buf[from..]` from `file` at `pos + from` (blocking).

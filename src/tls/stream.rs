@@ -1,5 +1,6 @@
 //! `Stream`: one client connection, plain TCP or TLS over TCP, as a single I/O type so the
-//! accept loop builds one kind of hyper connection for both. Pure delegation.
+//! accept loop builds one kind of hyper connection for both. Pure delegation (plain TCP is
+//! `SendfileTcp`, which sends file bodies with `sendfile`).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -8,10 +9,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::body::sendfile::SendfileTcp;
+
 /// A client connection.
 pub enum Stream {
     /// Plain HTTP.
-    Plain(TcpStream),
+    Plain(SendfileTcp),
     /// HTTPS; boxed because a rustls connection is large.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
