@@ -13,11 +13,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::index::{ReadGuard, StoreIndex};
 use super::spool::TempFile;
 use super::{atomic, Error, LinkStore, ManifestTypes, Spool, TagStore, VerifiedSpool};
 use crate::oci::Digest;
+
+/// Blocking calls on one store at once from the async side. A burst of a thousand cache hits
+/// queues for these rather than starting a blocking-pool thread each: tokio's pool would grow
+/// to hundreds of threads, each with its stack and allocator cache, kept for 10 s after.
+pub const CONCURRENT_OPS: usize = 32;
 
 /// Handle to the store root, its index and its tag records. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -27,6 +33,8 @@ pub struct BlobStore {
     tags: TagStore,
     links: LinkStore,
     manifest_types: ManifestTypes,
+    /// Blocking calls the async side (`local.rs`) may run at once.
+    ops: Arc<Semaphore>,
 }
 
 impl BlobStore {
@@ -60,7 +68,13 @@ impl BlobStore {
             tags: TagStore::new(root),
             links: LinkStore::new(root),
             manifest_types: ManifestTypes::new(root),
+            ops: Arc::new(Semaphore::new(CONCURRENT_OPS)),
         })
+    }
+
+    /// Permits for the blocking calls the async side runs on this store.
+    pub fn ops(&self) -> &Arc<Semaphore> {
+        &self.ops
     }
 
     /// The tag records of this store.
