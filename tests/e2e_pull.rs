@@ -390,3 +390,76 @@ fn berth_manifest_head_carries_get_headers_without_body_when_by_tag_and_by_diges
         show(&blob_requests)
     );
 }
+
+/// `curl -sS --fail ARGS` with proxy variables removed; stdout as text.
+fn curl(args: &[String]) -> String {
+    let mut cmd = std::process::Command::new(support::require_tool("curl"));
+    cmd.args(["-sS", "--fail"]).args(args);
+    for var in support::cmd::PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A cached blob is sent with `sendfile` on plain HTTP/1.1 and copied on h2c: both must be the
+/// stored bytes, whole, in ranges, and for several answers on one keep-alive connection.
+#[test]
+fn cached_blobs_are_the_same_bytes_over_http1_sendfile_ranges_keep_alive_and_h2c() {
+    let upstream = Registry::start();
+    let mut rng = fastrand::Rng::new();
+    let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(5 * MIB + 12_345).collect();
+    let blob = image::Blob::new("application/octet-stream", data.clone());
+    image::push_blob(&upstream.addr(), ALPHA, &blob);
+    let berth = Berth::start(&upstream.url());
+    let target = format!("/v2/{ALPHA}/blobs/{}", blob.digest);
+    let cold = http::get(&berth.addr(), &target, &[]).expect("cold GET");
+    assert_eq!((cold.status, cold.body == data), (200, true), "the cold GET");
+    // Committed just after the cold GET's last byte: from then on answers read the file.
+    let stored = berth_testkit::common::blob_path(&berth.storage_dir(), &blob.digest);
+    for _ in 0..500 {
+        if stored.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(stored.exists(), "the blob is committed");
+    let url = format!("http://{}{target}", berth.addr());
+    let out = tempfile::tempdir().expect("temp dir");
+    let file = |n: &str| out.path().join(n).to_str().expect("utf-8 path").to_string();
+    let read = |n: &str| std::fs::read(out.path().join(n)).expect("read curl's output");
+
+    // Two answers on one connection (curl reuses it across `--next`), then a range, over
+    // HTTP/1.1.
+    let mut args: Vec<String> = Vec::new();
+    for (name, range) in [("a", None), ("b", None), ("c", Some("1000-3000000"))] {
+        if !args.is_empty() {
+            args.push("--next".into());
+        }
+        args.extend(["--fail", "--http1.1", "-w", "%{http_version} %{num_connects};"].map(String::from));
+        if let Some(r) = range {
+            args.extend(["-r".to_string(), r.to_string()]);
+        }
+        args.extend([url.clone(), "-o".into(), file(name)]);
+    }
+    let versions = curl(&args);
+    assert_eq!(versions, "1.1 1;1.1 0;1.1 0;", "HTTP/1.1, all on one connection");
+    assert!(read("a") == data && read("b") == data, "whole blob over HTTP/1.1");
+    assert!(read("c") == data[1000..=3_000_000], "a range over HTTP/1.1");
+
+    let version = curl(&[
+        "--http2-prior-knowledge".into(),
+        "-w".into(),
+        "%{http_version}".into(),
+        url.clone(),
+        "-o".into(),
+        file("d"),
+    ]);
+    assert_eq!(version, "2", "h2c");
+    assert!(read("d") == data, "whole blob over h2c");
+}
