@@ -67,7 +67,7 @@ pub async fn get(
                 state.access.after_fill(&up, &repo, &digest, joined).await?;
                 lookup(cache);
                 respond(&digest, size, req, cache, |start, len| {
-                    body::channel(fill.read(start, len), len)
+                    body::channel(fill.read(start, len, req.sendfile.clone()), len)
                 })
             }
             Start::Uncacheable => {

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::sendfile::Sink;
 use crate::cache_result::Source as Served;
 use crate::cluster::Cluster;
 use crate::coalesce::{Inflight, Leave};
@@ -151,11 +152,12 @@ impl Fill {
         *self.source.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
-    /// Stream `start..start+len` (or to the end when `len` is `None`) as the fill writes it.
-    /// Call after [`Fill::wait_started`] succeeded.
-    pub fn read(&self, start: u64, len: Option<u64>) -> ByteStream {
+    /// Stream `start..start+len` (or to the end when `len` is `None`) as the fill writes it,
+    /// through `sendfile` where the connection has it. Call after [`Fill::wait_started`]
+    /// succeeded.
+    pub fn read(&self, start: u64, len: Option<u64>, sendfile: Option<Sink>) -> ByteStream {
         match self.file.get() {
-            Some(file) => read_file(file.clone(), start, len, Following(self.progress.clone())),
+            Some(file) => read_file(file.clone(), start, len, Following(self.progress.clone()), sendfile),
             None => {
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.try_send(Err(io::Error::other("the fill has not started")));

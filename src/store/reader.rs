@@ -80,9 +80,16 @@ pub trait Follow: Send + 'static {
 
 /// Stream `start..start+len` of `file`, a spool a fill is still writing, in chunks: wait for
 /// bytes to be written, end with an error if the writer fails, and hold the chunk that
-/// completes a known length until the content is verified. Stops as soon as the receiver is
-/// dropped (the client went away).
-pub fn read_file(file: Arc<File>, start: u64, len: Option<u64>, mut follow: impl Follow) -> ByteStream {
+/// completes a known length until the content is verified. With `sendfile` (the response goes
+/// out on a plain HTTP/1 connection), page-cached ranges go as placeholders the connection
+/// sends itself. Stops as soon as the receiver is dropped (the client went away).
+pub fn read_file(
+    file: Arc<File>,
+    start: u64,
+    len: Option<u64>,
+    mut follow: impl Follow,
+    sendfile: Option<Sink>,
+) -> ByteStream {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let _counted = Counted::open();
@@ -103,17 +110,27 @@ pub fn read_file(file: Arc<File>, start: u64, len: Option<u64>, mut follow: impl
             if pos >= limit {
                 return; // the fill is verified and we have everything
             }
-            let n = (limit - pos).min(read_size() as u64) as usize;
             // Wait for room before reading: the chunk is not held while the client is slow.
             let Ok(permit) = tx.reserve().await else {
                 return;
             };
-            let chunk = read_chunk(&file, pos, n).await;
+            let whole = (limit - pos).min(MAX_SEGMENT as u64) as usize;
+            let zero_copy = sendfile.as_ref().filter(|_| cached(&file, pos, whole));
+            let n = match zero_copy {
+                Some(_) => whole,
+                None => (limit - pos).min(read_size() as u64) as usize,
+            };
             // Once the client has every byte it would take the transfer as clean.
             let last = end.is_some_and(|e| pos + n as u64 >= e);
-            let chunk = match last {
-                true if chunk.is_ok() => follow.wait_verified().await.and(chunk),
-                _ => chunk,
+            let verified = match last {
+                true => follow.wait_verified().await,
+                false => Ok(()),
+            };
+            let chunk = match (verified, zero_copy) {
+                (Err(e), _) => Err(e),
+                // Recorded only now, when it goes to the body: the next chunk hyper writes.
+                (Ok(()), Some(sink)) => Ok(sink.placeholder(&file, pos, n)),
+                (Ok(()), None) => read_chunk(&file, pos, n).await,
             };
             let failed = chunk.is_err();
             permit.send(chunk);
