@@ -55,7 +55,7 @@ pub struct ProxyService {
     identity: Option<Identity>,
     /// The connection's activity: each request counts as in flight until its body is done.
     activity: Option<Activity>,
-    /// The connection's zero-copy sink (plain TCP), put in every HTTP/1 request's extensions.
+    /// The connection's zero-copy sink (plain TCP), handed to every HTTP/1 request.
     sendfile: Option<Sink>,
 }
 
@@ -115,22 +115,25 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ProxyService {
             req.extensions_mut().insert(identity.clone());
         }
         // hyper's HTTP/2 writer copies body bytes into frames: placeholders are HTTP/1 only.
-        if let Some(sink) = self.sendfile.as_ref().filter(|_| req.version() <= Version::HTTP_11) {
-            req.extensions_mut().insert(sink.clone());
-        }
+        let sendfile = match req.version() <= Version::HTTP_11 {
+            true => self.sendfile.clone(),
+            false => None,
+        };
         let (state, conn) = (self.state.clone(), self.conn);
         let busy = self.activity.as_ref().map(Activity::begin);
-        Box::pin(async move { Ok(handle(state, conn, req, busy).await) })
+        Box::pin(async move { Ok(handle(state, conn, req, busy, sendfile).await) })
     }
 }
 
 /// Answer one request; never fails (errors become OCI responses). `busy` keeps the request
-/// counted as in flight on its connection until the response body is done or dropped.
+/// counted as in flight on its connection until the response body is done or dropped;
+/// `sendfile` is the connection's zero-copy sink, for an HTTP/1 request on plain TCP.
 pub async fn handle<B>(
     state: Arc<AppState>,
     conn: ConnInfo,
-    mut req: Request<B>,
+    req: Request<B>,
     busy: Option<Busy>,
+    sendfile: Option<Sink>,
 ) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -145,7 +148,7 @@ pub async fn handle<B>(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         from_peer: false,
-        sendfile: req.extensions_mut().remove::<Sink>(),
+        sendfile,
     };
     let peer_signature = req
         .headers()
@@ -453,7 +456,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             is_tls: false,
         };
-        let size = std::mem::size_of_val(&handle(Arc::new(state), conn, Request::new(()), None));
+        let size = std::mem::size_of_val(&handle(Arc::new(state), conn, Request::new(()), None, None));
         assert!(size <= 16 * 1024, "the request future is {size} bytes");
     }
 }
