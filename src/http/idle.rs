@@ -3,23 +3,26 @@
 //! or between keep-alive requests). A request counts as in flight from the moment hyper hands
 //! it to the service until its response body is finished or dropped. No I/O here.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct State {
-    in_flight: usize,
-    idle_since: Instant,
+    /// When the connection was accepted; `idle_since` counts from here.
+    origin: Instant,
+    in_flight: AtomicUsize,
+    /// Nanoseconds from `origin` to the end of the last request (0: none yet).
+    idle_since: AtomicU64,
 }
 
-/// The activity of one connection; clones share it. A `watch` channel rather than a lock so
-/// the idle timer wakes up when the connection turns idle, without polling.
+/// The activity of one connection; clones share it. Plain atomics: a request's start and end
+/// wake no one and arm no timer; the idle timer reads them when its deadline comes.
 #[derive(Debug, Clone)]
 pub struct Activity {
-    state: Arc<watch::Sender<State>>,
+    state: Arc<State>,
 }
 
 impl Default for Activity {
@@ -31,47 +34,39 @@ impl Default for Activity {
 impl Activity {
     /// A connection accepted now, with no request yet: idle from this moment.
     pub fn new() -> Activity {
-        let (state, _) = watch::channel(State {
-            in_flight: 0,
-            idle_since: Instant::now(),
-        });
-        Activity { state: Arc::new(state) }
+        Activity {
+            state: Arc::new(State {
+                origin: Instant::now(),
+                in_flight: AtomicUsize::new(0),
+                idle_since: AtomicU64::new(0),
+            }),
+        }
     }
 
-    /// A request started; the connection is busy until the returned guard is dropped. Wakes
-    /// no one: the idle timer looks again when its deadline comes.
+    /// A request started; the connection is busy until the returned guard is dropped.
     pub fn begin(&self) -> Busy {
-        self.state.send_if_modified(|s| {
-            s.in_flight += 1;
-            false
-        });
+        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy {
             state: self.state.clone(),
         }
     }
 
-    /// Completes once the connection has had no request in flight for `timeout`.
-    /// Cancel-safe: it only reads the shared state.
+    /// Completes once the connection has had no request in flight for `timeout`. It sleeps
+    /// until the deadline the last request's end set; while requests are in flight it looks
+    /// again every `timeout`, and the first look after the last one ends still finds that end's
+    /// deadline ahead. Cancel-safe: it only reads the shared state.
     pub async fn idle_for(&self, timeout: Duration) {
-        let mut rx = self.state.subscribe();
+        let s = &self.state;
         loop {
-            let s = *rx.borrow_and_update();
-            if s.in_flight > 0 {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-                continue;
+            let now = Instant::now();
+            let deadline = match s.in_flight.load(Ordering::Acquire) {
+                0 => s.origin + Duration::from_nanos(s.idle_since.load(Ordering::Acquire)) + timeout,
+                _ => now + timeout,
+            };
+            if deadline <= now {
+                return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(s.idle_since + timeout) => {
-                    // A request that began meanwhile did not wake us: look again.
-                    let now = *rx.borrow();
-                    if now.in_flight == 0 && now.idle_since == s.idle_since {
-                        return;
-                    }
-                }
-                changed = rx.changed() => if changed.is_err() { return },
-            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -80,19 +75,17 @@ impl Activity {
 /// may make the connection idle.
 #[derive(Debug)]
 pub struct Busy {
-    state: Arc<watch::Sender<State>>,
+    state: Arc<State>,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        // Only the last request's end wakes the idle timer (it may be waiting for it).
-        self.state.send_if_modified(|s| {
-            s.in_flight -= 1;
-            if s.in_flight == 0 {
-                s.idle_since = Instant::now();
-            }
-            s.in_flight == 0
-        });
+        // The end time first: a timer that sees no request in flight sees this end too.
+        let since = self.state.origin.elapsed().as_nanos();
+        self.state
+            .idle_since
+            .fetch_max(u64::try_from(since).unwrap_or(u64::MAX), Ordering::AcqRel);
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
