@@ -23,7 +23,7 @@ use crate::oci::Digest;
 /// Blocking calls on one store at once from the async side. A burst of a thousand cache hits
 /// queues for these rather than starting a blocking-pool thread each: tokio's pool would grow
 /// to hundreds of threads, each with its stack and allocator cache, kept for 10 s after.
-pub const CONCURRENT_OPS: usize = 32;
+const CONCURRENT_OPS: usize = 32;
 
 /// Handle to the store root, its index and its tag records. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ impl BlobStore {
     }
 
     /// Permits for the blocking calls the async side runs on this store.
-    pub fn ops(&self) -> &Arc<Semaphore> {
+    pub(super) fn ops(&self) -> &Arc<Semaphore> {
         &self.ops
     }
 

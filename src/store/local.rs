@@ -1,9 +1,8 @@
 //! The local disk as a [`ContentStore`]: each call runs the blocking file work of
-//! [`BlobStore`] on the blocking pool, never on an async thread, and at most
-//! `CONCURRENT_OPS` at once. Content found on disk at
-//! start is hashed once before its first read; ranged reads are positional reads of the open
-//! file (which stays readable if the object is evicted meanwhile), holding a read guard that
-//! keeps the object off the eviction list.
+//! [`BlobStore`] on the blocking pool, never on an async thread, and at most `CONCURRENT_OPS`
+//! (cas.rs) at once. Content found on disk at start is hashed once before its first read;
+//! ranged reads are positional reads of the open file (which stays readable if the object is
+//! evicted meanwhile), holding a read guard that keeps the object off the eviction list.
 
 use std::fs::File;
 use std::sync::Arc;
