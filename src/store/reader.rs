@@ -10,11 +10,11 @@
 //! [`CHUNK`]), so up to a thousand clients share about 16 MiB of read buffers rather than a
 //! thousand times [`CHUNK`] (beyond that, [`MIN_CHUNK`] each); buffers are reused (`buffers`).
 //! The reader count and the buffers' free list are process-wide by nature: they bound the
-//! process's memory, whichever store or request a read serves. Reads come from the page cache on the async
-//! thread when the kernel can answer without waiting (`RWF_NOWAIT`); only a read that would
-//! wait for the disk goes to the blocking pool. On a plain HTTP/1 connection both hand
-//! page-cached ranges to the connection as `sendfile` placeholders (`body::sendfile`) instead
-//! of reading them.
+//! process's memory, whichever store or request a read serves. Reads come from the page cache
+//! on the async thread when the kernel can answer without waiting (`RWF_NOWAIT`); only a read
+//! that would wait for the disk goes to the blocking pool. On a plain HTTP/1 connection both
+//! hand page-cached ranges to the connection as `sendfile` placeholders (`body::sendfile`)
+//! instead of reading them.
 
 use std::fs::File;
 use std::future::Future;
